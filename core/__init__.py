@@ -1,0 +1,1 @@
+"""The core: events, codecs, the log, the publisher SDK, configuration, the embedded NATS."""

@@ -1,0 +1,1 @@
+"""workledger: an event-sourced ledger of workers, slots and utilization."""

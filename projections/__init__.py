@@ -1,0 +1,1 @@
+"""Folds of the event log, and the daemon that feeds them."""

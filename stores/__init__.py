@@ -1,0 +1,1 @@
+"""Read-model stores behind one protocol."""
