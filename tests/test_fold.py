@@ -1,0 +1,138 @@
+"""The fold's rules, checked without I/O: the same set of events gives the same read model."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workledger.core import events as ev
+from workledger.projections.views import TaskStatus
+from workledger.stores.base import Batch, ReadModel, Sequenced
+from workledger.stores.memory import MemoryStore
+
+from .histories import BASE, histories
+
+
+def fold(events: list[ev.Event], store: MemoryStore | None = None) -> MemoryStore:
+    store = store or MemoryStore()
+    items = [Sequenced(i + 1, "", e) for i, e in enumerate(events)]
+    store.apply(Batch(events=items, last_seq=len(items)))
+    return store
+
+
+def model(events: list[ev.Event]) -> ReadModel:
+    return fold(events).read_model()
+
+
+def at(seconds: float) -> dict[str, object]:
+    """Keyword arguments stamping an event ``seconds`` after BASE with an id in time order."""
+    return {"at": BASE + timedelta(seconds=seconds), "id": f"id-{seconds:08.2f}"}
+
+
+@settings(max_examples=300)
+@given(history=histories(), data=st.data())
+def test_any_shuffle_or_duplication_of_a_history_gives_the_same_read_model(
+    history: list[ev.Event], data: st.DataObject
+) -> None:
+    """Order and redelivery never change the answer."""
+    shuffled = data.draw(st.permutations(history))
+    repeats = data.draw(st.lists(st.sampled_from(history), max_size=20)) if history else []
+    assert model(shuffled + repeats) == model(history)
+
+
+@settings(max_examples=200)
+@given(history=histories(), cut=st.integers(min_value=0, max_value=60))
+def test_folding_in_two_halves_with_a_snapshot_between_equals_folding_at_once(
+    history: list[ev.Event], cut: int, tmp_path_factory: object
+) -> None:
+    """A restart from a snapshot loses nothing: save, load, continue equals one pass."""
+    path = Path(str(tmp_path_factory.mktemp("snap"))) / "state.snapshot"  # type: ignore[attr-defined]
+    fold(history[:cut]).save(path)
+    resumed = fold(history[cut:], MemoryStore.load(path))
+    assert resumed.read_model() == model(history)
+
+
+def test_a_claimed_task_holds_a_slot_until_it_completes() -> None:
+    """claimed -> PENDING with a slot; started -> RUNNING, same slot; completed releases it."""
+    sub = ev.TaskSubmitted(task="t", pool="p", queue="q", **at(0))
+    claim = ev.TaskClaimed(task="t", worker="w", **at(1))
+    start = ev.TaskStarted(task="t", worker="w", **at(2))
+    done = ev.TaskCompleted(task="t", **at(9))
+    store = fold([sub, claim])
+    assert store.task("t").status is TaskStatus.PENDING  # type: ignore[union-attr]
+    assert [h.task for h in store.slot_holders(pool="p", queue="q")] == ["t"]
+    store = fold([sub, claim, start])
+    view = store.task("t")
+    assert view is not None
+    assert (view.status, view.slot_acquired_at) == (TaskStatus.RUNNING, claim.at)
+    assert fold([sub, claim, start, done]).slot_holders() == []
+
+
+def test_a_retry_releases_the_slot_and_the_next_claim_starts_a_new_stretch() -> None:
+    """slot_acquired_at counts from the claim after the retry."""
+    history = [
+        ev.TaskSubmitted(task="t", pool="p", queue="q", **at(0)),
+        ev.TaskClaimed(task="t", worker="w", **at(1)),
+        ev.TaskStarted(task="t", worker="w", **at(2)),
+        ev.TaskRetrying(task="t", attempt=1, error="boom", **at(3)),
+    ]
+    store = fold(history)
+    view = store.task("t")
+    assert view is not None
+    assert (view.status, view.retries, view.error) == (TaskStatus.RETRYING, 1, "boom")
+    assert store.slot_holders() == []
+    reclaim = ev.TaskClaimed(task="t", worker="w2", **at(5))
+    view = fold([*history, reclaim]).task("t")
+    assert view is not None
+    assert (view.status, view.worker, view.slot_acquired_at) == (
+        TaskStatus.PENDING,
+        "w2",
+        reclaim.at,
+    )
+
+
+def test_a_late_started_never_undoes_a_terminal_state() -> None:
+    """A started event delivered (or stamped) after completion leaves the task COMPLETED."""
+    done = ev.TaskCompleted(task="t", **at(5))
+    late = ev.TaskStarted(task="t", worker="w", **at(9))
+    assert fold([done, late]).task("t").status is TaskStatus.COMPLETED  # type: ignore[union-attr]
+
+
+def test_started_beats_claimed_in_one_stretch_whatever_the_clocks_say() -> None:
+    """A worker's clock behind the scheduler's must not turn RUNNING back into PENDING."""
+    start = ev.TaskStarted(task="t", worker="w", **at(1))
+    claim = ev.TaskClaimed(task="t", worker="w", **at(2))
+    view = fold([claim, start]).task("t")
+    assert view is not None
+    assert (view.status, view.slot_acquired_at) == (TaskStatus.RUNNING, start.at)
+
+
+def test_pool_updates_change_only_the_fields_they_carry_and_null_clears() -> None:
+    """Partial updates commute: each field is its own latest-wins register."""
+    store = fold([
+        ev.PoolCreated(pool="p", concurrency_limit=4, **at(0)),
+        ev.PoolUpdated(pool="p", paused=True, **at(1)),
+    ])
+    assert msgspec.structs.asdict(store.pools()[0]) | {} == {
+        "pool": "p", "concurrency_limit": 4, "paused": True,
+        "created_at": BASE, "updated_at": BASE + timedelta(seconds=1),
+    }
+    cleared = fold([ev.PoolCreated(pool="p", concurrency_limit=4, **at(0)),
+                    ev.PoolUpdated(pool="p", concurrency_limit=None, **at(1))])
+    assert cleared.pools()[0].concurrency_limit is None
+
+
+@settings(max_examples=200)
+@given(history=histories())
+def test_the_retained_events_of_a_state_fold_back_into_that_state(
+    history: list[ev.Event],
+) -> None:
+    """Snapshots keep only the events the state still depends on, and lose nothing by it."""
+    store = fold(history)
+    retained = store._ledger.retained_events()
+    assert model(retained).tasks == store.read_model().tasks
+    assert model(retained).workers == store.read_model().workers
