@@ -1,0 +1,132 @@
+"""The query service: one read model, one clock and one liveness multiplier for every interface."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import msgspec
+
+from workledger.projections.daemon import DaemonMetrics, Projector
+from workledger.projections.liveness import DEFAULT_MULTIPLIER
+from workledger.projections.views import (
+    PoolView,
+    Quarantined,
+    QueueView,
+    SlotCount,
+    SlotHolder,
+    TaskStatus,
+    TaskView,
+    WorkerStatus,
+    WorkerWithStatus,
+)
+from workledger.stores.base import Store
+
+__all__ = ["Health", "Queries", "Slots"]
+
+
+class Slots(msgspec.Struct, frozen=True, kw_only=True):
+    """Slot holders with the per-pool and per-queue counts, in one answer."""
+
+    holders: list[SlotHolder]
+    counts: list[SlotCount]
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """Is the daemon connected, and how far behind the stream is it."""
+
+    ok: bool
+    nats_connected: bool
+    checkpoint: int
+    lag: int
+    applied: int
+    quarantined: int
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Queries:
+    """Answers questions from a store; the clock lives here, never in a store or fold."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        projector: Projector | None = None,
+        multiplier: float = DEFAULT_MULTIPLIER,
+        clock: Callable[[], datetime] = _utcnow,
+    ) -> None:
+        self.store = store
+        self.projector = projector
+        self.multiplier = multiplier
+        self.clock = clock
+
+    def workers(
+        self,
+        *,
+        pool: str | None = None,
+        queue: str | None = None,
+        task_keys: Sequence[str] = (),
+        status: WorkerStatus | None = None,
+        limit: int | None = None,
+    ) -> list[WorkerWithStatus]:
+        """Workers with their status now; see :meth:`Store.workers`."""
+        return self.store.workers(
+            now=self.clock(),
+            pool=pool,
+            queue=queue,
+            task_keys=task_keys,
+            status=status,
+            multiplier=self.multiplier,
+            limit=limit,
+        )
+
+    def slots(self, *, pool: str | None = None, queue: str | None = None) -> Slots:
+        """Who holds slots, and how many per pool and queue."""
+        counts = self.store.slot_counts(pool=pool)
+        if queue is not None:
+            counts = [c for c in counts if c.queue == queue]
+        return Slots(holders=self.store.slot_holders(pool=pool, queue=queue), counts=counts)
+
+    def tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        pool: str | None = None,
+        queue: str | None = None,
+        worker: str | None = None,
+        limit: int = 100,
+    ) -> list[TaskView]:
+        """Tasks by filter, most recently updated first."""
+        return self.store.tasks(status=status, pool=pool, queue=queue, worker=worker, limit=limit)
+
+    def task(self, task: str) -> TaskView | None:
+        """One task, or None."""
+        return self.store.task(task)
+
+    def pools(self) -> list[PoolView]:
+        """Pools and their settings."""
+        return self.store.pools()
+
+    def queues(self, *, pool: str | None = None) -> list[QueueView]:
+        """Queues and their settings."""
+        return self.store.queues(pool=pool)
+
+    def quarantined(self, *, limit: int = 100) -> list[Quarantined]:
+        """Messages set aside, newest first."""
+        return self.store.quarantined(limit=limit)
+
+    def health(self) -> Health:
+        """Connected and caught up enough to answer."""
+        stats = self.store.stats()
+        metrics = self.projector.metrics if self.projector else DaemonMetrics()
+        return Health(
+            ok=metrics.connected,
+            nats_connected=metrics.connected,
+            checkpoint=stats.checkpoint,
+            lag=metrics.lag,
+            applied=stats.applied,
+            quarantined=stats.quarantined,
+        )

@@ -1,0 +1,133 @@
+"""The running daemon: projector, HTTP API and snapshots in one task group.
+
+``serve`` is what ``workledger project`` runs. SIGTERM or SIGINT stops the API first, then the
+projector, and always writes a final snapshot (shielded) so a restart resumes where it stopped.
+A SIGKILL loses at most the work since the last snapshot, which is replayed from the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import msgspec
+import uvicorn
+from anyio.abc import TaskStatus
+
+from workledger.http import create_app
+from workledger.projections.daemon import Projector, ProjectorConfig
+from workledger.projections.liveness import DEFAULT_MULTIPLIER
+from workledger.queries import Queries
+from workledger.stores.memory import MemoryStore
+
+__all__ = ["ServiceConfig", "run", "serve"]
+
+_log = logging.getLogger(__name__)
+
+
+class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything ``workledger project`` is configured with."""
+
+    projector: ProjectorConfig = msgspec.field(default_factory=ProjectorConfig)
+    host: str = "127.0.0.1"
+    port: int = 8765
+    state_dir: Path | None = None
+    snapshot_interval: float = 5.0
+    multiplier: float = DEFAULT_MULTIPLIER
+
+    @property
+    def snapshot_path(self) -> Path | None:
+        """One snapshot per stream, so two streams never share a checkpoint."""
+        if self.state_dir is None:
+            return None
+        return self.state_dir / f"{self.projector.log.stream}.memory.snapshot"
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _open_store(config: ServiceConfig) -> MemoryStore:
+    path = config.snapshot_path
+    if path is not None and path.exists():
+        store = MemoryStore.load(path)
+        _log.info("resuming from snapshot %s at sequence %d", path, store.stats().checkpoint)
+        return store
+    return MemoryStore()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    config: ServiceConfig, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Run until cancelled; ``task_status.started`` receives the API's base URL."""
+    store = _open_store(config)
+    projector = Projector(config.projector, [store])
+    app = create_app(Queries(store, projector=projector, multiplier=config.multiplier))
+    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    sock = _bind(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(projector.run)
+            tg.start_soon(_serve_http, server, sock, tg.cancel_scope)
+            tg.start_soon(_snapshots, store, config)
+            tg.start_soon(_stop_on_signal, server)
+            task_status.started(f"http://{host}:{port}")
+    finally:
+        with anyio.CancelScope(shield=True):
+            _save(store, config)
+
+
+async def _serve_http(
+    server: uvicorn.Server, sock: socket.socket, scope: anyio.CancelScope
+) -> None:
+    """When the API stops (on a signal), the whole service stops."""
+    await server.serve(sockets=[sock])
+    scope.cancel()
+
+
+async def _stop_on_signal(server: uvicorn.Server) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            _log.info("received %s, shutting down", signal.Signals(signum).name)
+            server.should_exit = True
+            return
+
+
+async def _snapshots(store: MemoryStore, config: ServiceConfig) -> None:
+    if config.snapshot_path is None:
+        return
+    last = store.stats().checkpoint
+    while True:
+        await anyio.sleep(config.snapshot_interval)
+        if store.stats().checkpoint != last:
+            last = store.stats().checkpoint
+            _save(store, config)
+
+
+def _save(store: MemoryStore, config: ServiceConfig) -> None:
+    if config.snapshot_path is not None:
+        store.save(config.snapshot_path)
+
+
+def run(config: ServiceConfig) -> None:
+    """Blocking entry point for the CLI."""
+    anyio.run(serve, config, backend="asyncio")

@@ -1,0 +1,202 @@
+"""The projection daemon: read the log from the checkpoint, fold batches into stores.
+
+Structured concurrency (anyio on asyncio, since nats-py is asyncio-only): a fetcher task reads
+an ordered JetStream consumer into a bounded memory stream; the folder drains whatever is ready
+into one batch, decodes it, sets malformed messages aside, and applies the batch to every store
+with its checkpoint. Under load batches grow; at idle each message is applied at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from workledger.core.codec import decode, stamp
+from workledger.core.errors import InvalidEventError
+from workledger.core.log import LogConfig, connect, ensure_stream
+from workledger.projections.views import Quarantined
+from workledger.stores.base import Batch, Sequenced, Store
+
+__all__ = ["DaemonMetrics", "Projector", "ProjectorConfig", "to_batch"]
+
+_log = logging.getLogger(__name__)
+_QUARANTINE_KEEP_BYTES = 4096
+
+
+class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How the daemon reads the log.
+
+    ``filter_subjects`` partitions the stream between daemons (e.g. one pool each); empty means
+    the whole stream.
+    """
+
+    log: LogConfig = msgspec.field(default_factory=LogConfig)
+    filter_subjects: tuple[str, ...] = ()
+    max_batch: int = 5000
+    buffer: int = 20_000
+
+
+class DaemonMetrics(msgspec.Struct, kw_only=True):
+    """What health checks and /metrics report."""
+
+    connected: bool = False
+    last_seq: int = 0
+    lag: int = 0
+    batches: int = 0
+    applied: int = 0
+    quarantined: int = 0
+    fold_seconds_total: float = 0.0
+    fold_seconds_max: float = 0.0
+
+
+def to_batch(messages: Sequence[Any], stream: str) -> Batch:
+    """Decode JetStream messages into a batch; a bad one is quarantined, never raised."""
+    events: list[Sequenced] = []
+    quarantined: list[Quarantined] = []
+    last_seq = 0
+    for msg in messages:
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        last_seq = max(last_seq, seq)
+        try:
+            event = decode(msg.data)
+        except InvalidEventError as exc:
+            quarantined.append(_quarantine(seq, msg.subject, str(exc), msg.data))
+            continue
+        event = stamp(event, default_id=f"{stream}:{seq}", now=_utc(meta.timestamp))
+        events.append(Sequenced(seq, msg.subject, event))
+    return Batch(events=events, quarantined=quarantined, last_seq=last_seq)
+
+
+def _quarantine(seq: int, subject: str, reason: str, data: bytes) -> Quarantined:
+    return Quarantined(
+        seq=seq, subject=subject, reason=reason, data=data[:_QUARANTINE_KEEP_BYTES], size=len(data)
+    )
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class Projector:
+    """Feeds one stream into stores; ``run`` until cancelled.
+
+    The first store's checkpoint is where reading resumes; every store is given every batch, so
+    stores that start together stay together (a store behind the others is caught up by
+    rebuilding it, see ``workledger rebuild``).
+    """
+
+    def __init__(self, config: ProjectorConfig, stores: Sequence[Store]) -> None:
+        self.config = config
+        self.stores = list(stores)
+        self.metrics = DaemonMetrics()
+        self._progress = anyio.Event()
+
+    @property
+    def checkpoint(self) -> int:
+        """The last stream sequence applied to the stores."""
+        return self.stores[0].stats().checkpoint
+
+    async def wait_for(self, seq: int, timeout: float | None = None) -> bool:
+        """Wait until the stores cover stream sequence ``seq``; False on timeout."""
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            while self.checkpoint < seq:
+                await self._progress.wait()
+            return True
+        return False
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect, ensure the stream, and fold until cancelled."""
+        nc = await connect(self.config.log)
+        try:
+            js = nc.jetstream()
+            await ensure_stream(js, self.config.log)
+            self.metrics.connected = True
+            send, receive = anyio.create_memory_object_stream[Any](self.config.buffer)
+            async with anyio.create_task_group() as tg:
+                await tg.start(self._fetch, js, send)
+                tg.start_soon(self._fold, receive)
+                task_status.started()
+        finally:
+            self.metrics.connected = False
+            with anyio.CancelScope(shield=True):
+                await nc.close()
+
+    async def _fetch(
+        self, js: Any, send: MemoryObjectSendStream[Any], *, task_status: TaskStatus[None]
+    ) -> None:
+        start = self.checkpoint + 1
+        policy = DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL
+        consumer = ConsumerConfig(deliver_policy=policy, opt_start_seq=start if start > 1 else None)
+        if len(self.config.filter_subjects) > 1:
+            consumer.filter_subjects = list(self.config.filter_subjects)
+        subject = self.config.filter_subjects[0] if len(self.config.filter_subjects) == 1 else ""
+        sub = await js.subscribe(
+            subject or f"{self.config.log.subject_prefix}.>",
+            stream=self.config.log.stream,
+            ordered_consumer=True,
+            config=consumer,
+            pending_msgs_limit=self.config.buffer * 4,
+        )
+        task_status.started()
+        async with send:
+            try:
+                async for msg in sub.messages:
+                    await send.send(msg)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await sub.unsubscribe()
+
+    async def _fold(self, receive: MemoryObjectReceiveStream[Any]) -> None:
+        async with receive:
+            async for first in receive:
+                messages = [first]
+                while len(messages) < self.config.max_batch:
+                    try:
+                        messages.append(receive.receive_nowait())
+                    except anyio.WouldBlock:
+                        break
+                await self._apply(messages)
+
+    async def _apply(self, messages: list[Any]) -> None:
+        done = self.checkpoint
+        fresh = [m for m in messages if m.metadata.sequence.stream > done]
+        if not fresh:
+            return  # a redelivery after a consumer reset: already applied
+        batch = to_batch(fresh, self.config.log.stream)
+        began = time.perf_counter()
+        for store in self.stores:
+            await _apply_to(store, batch)
+        self._account(batch, fresh[-1], time.perf_counter() - began)
+        progress, self._progress = self._progress, anyio.Event()
+        progress.set()
+
+    def _account(self, batch: Batch, last: Any, seconds: float) -> None:
+        m = self.metrics
+        m.last_seq = batch.last_seq
+        m.lag = int(last.metadata.num_pending)
+        m.batches += 1
+        m.applied += len(batch.events)
+        m.quarantined += len(batch.quarantined)
+        m.fold_seconds_total += seconds
+        m.fold_seconds_max = max(m.fold_seconds_max, seconds)
+        for q in batch.quarantined:
+            _log.warning("set aside message %d on %s: %s", q.seq, q.subject, q.reason)
+
+
+async def _apply_to(store: Store, batch: Batch) -> None:
+    """In-memory stores apply on the loop; stores that do I/O say so and run in a thread."""
+    if getattr(store, "blocking", False):
+        await anyio.to_thread.run_sync(store.apply, batch)
+    else:
+        store.apply(batch)
