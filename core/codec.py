@@ -36,12 +36,12 @@ def encode_msgpack(event: Event) -> bytes:
     return _msgpack_encoder.encode(event)
 
 
-def decode(data: bytes | memoryview) -> Event:
-    """Decode one event in either format.
+def decode(data: bytes | memoryview, *, json_only: bool = False) -> Event:
+    """Decode one event in either format (``json_only`` for text input such as JSON Lines).
 
     :raises InvalidEventError: with a reason a producer can act on.
     """
-    is_json = _first_byte(data) in b"{[ \t\r\n\"0123456789-tfn"
+    is_json = json_only or _first_byte(data) in b'{[ \t\r\n"0123456789-tfn'
     try:
         event: Event = (_json_decoder if is_json else _msgpack_decoder).decode(data)
     except msgspec.DecodeError as exc:

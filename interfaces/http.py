@@ -12,7 +12,6 @@ from litestar.exceptions import NotFoundException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import Parameter
 
-from workledger.queries import Health, Queries, Slots
 from workledger.projections.views import (
     PoolView,
     Quarantined,
@@ -22,6 +21,7 @@ from workledger.projections.views import (
     WorkerStatus,
     WorkerWithStatus,
 )
+from workledger.queries import Health, Queries, Slots
 
 __all__ = ["MAX_LIMIT", "create_app"]
 
@@ -81,7 +81,7 @@ def create_app(queries: Queries) -> Litestar:
     @get("/checkpoint", summary="Wait until the read model covers a stream sequence")
     async def checkpoint(
         wait_for: Annotated[int, Parameter(ge=0)] = 0,
-        timeout: Annotated[float, Parameter(ge=0, le=60)] = 0,
+        timeout: Annotated[float, Parameter(ge=0, le=60)] = 0,  # noqa: ASYNC109 (an HTTP parameter)
     ) -> Health:
         if queries.projector is not None and wait_for:
             await queries.projector.wait_for(wait_for, timeout)
@@ -99,4 +99,5 @@ def create_app(queries: Queries) -> Litestar:
         route_handlers=[v1, healthz],
         openapi_config=OpenAPIConfig(title="workledger", version="1"),
         debug=False,
+        logging_config=None,  # the CLI configures logging; a library must not
     )

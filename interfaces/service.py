@@ -92,8 +92,7 @@ async def serve(
             tg.start_soon(_stop_on_signal, server)
             task_status.started(f"http://{host}:{port}")
     finally:
-        with anyio.CancelScope(shield=True):
-            _save(store, config)
+        _save(store, config)  # synchronous, so cancellation cannot cut it short
 
 
 async def _serve_http(

@@ -107,7 +107,7 @@ class Projector:
         """The last stream sequence applied to the stores."""
         return self.stores[0].stats().checkpoint
 
-    async def wait_for(self, seq: int, timeout: float | None = None) -> bool:
+    async def wait_for(self, seq: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until the stores cover stream sequence ``seq``; False on timeout."""
         with anyio.move_on_after(math.inf if timeout is None else timeout):
             while self.checkpoint < seq:

@@ -9,8 +9,8 @@ import msgspec
 
 __all__ = [
     "PoolView",
-    "QueueView",
     "Quarantined",
+    "QueueView",
     "SlotCount",
     "SlotHolder",
     "TaskStatus",

@@ -24,13 +24,18 @@ queues, keys = st.sampled_from(QUEUES), st.sampled_from(KEYS)
 def _task_events() -> st.SearchStrategy[ev.Event]:
     text = st.none() | st.sampled_from(["boom", "oom"])
     return st.one_of(
-        st.builds(ev.TaskSubmitted, task=tasks, pool=pools, queue=queues,
-                  task_key=st.none() | keys, priority=st.none() | st.integers(0, 3),
-                  stage=st.none() | st.sampled_from(["fetch", "parse"])),
+        st.builds(
+            ev.TaskSubmitted,
+            task=tasks,
+            pool=pools,
+            queue=queues,
+            task_key=st.none() | keys,
+            priority=st.none() | st.integers(0, 3),
+            stage=st.none() | st.sampled_from(["fetch", "parse"]),
+        ),
         st.builds(ev.TaskClaimed, task=tasks, worker=workers, pool=st.none() | pools),
         st.builds(ev.TaskStarted, task=tasks, worker=workers),
-        st.builds(ev.TaskProgress, task=tasks, progress=st.none() | st.floats(0, 1),
-                  message=text),
+        st.builds(ev.TaskProgress, task=tasks, progress=st.none() | st.floats(0, 1), message=text),
         st.builds(ev.TaskRetrying, task=tasks, attempt=st.none() | st.integers(1, 3), error=text),
         st.builds(ev.TaskCompleted, task=tasks),
         st.builds(ev.TaskFailed, task=tasks, error=text),
@@ -42,14 +47,21 @@ def _task_events() -> st.SearchStrategy[ev.Event]:
 def _worker_events() -> st.SearchStrategy[ev.Event]:
     key_sets = st.lists(keys, max_size=2, unique=True).map(tuple)
     return st.one_of(
-        st.builds(ev.WorkerStarted, worker=workers, pool=pools, task_keys=key_sets,
-                  queues=st.lists(queues, max_size=2, unique=True).map(tuple),
-                  slots=st.integers(0, 3), heartbeat_interval=st.sampled_from([5.0, 30.0]),
-                  labels=st.dictionaries(st.sampled_from(["zone", "gpu"]), st.sampled_from(["a", "b"]))),
+        st.builds(
+            ev.WorkerStarted,
+            worker=workers,
+            pool=pools,
+            task_keys=key_sets,
+            queues=st.lists(queues, max_size=2, unique=True).map(tuple),
+            slots=st.integers(0, 3),
+            heartbeat_interval=st.sampled_from([5.0, 30.0]),
+            labels=st.dictionaries(st.sampled_from(["zone", "gpu"]), st.sampled_from(["a", "b"])),
+        ),
         st.builds(ev.WorkerHeartbeat, worker=workers, pool=pools),
         st.builds(ev.WorkerSubscribed, worker=workers, pool=pools, task_keys=key_sets),
-        st.builds(ev.WorkerStopped, worker=workers, pool=pools,
-                  reason=st.none() | st.just("shutdown")),
+        st.builds(
+            ev.WorkerStopped, worker=workers, pool=pools, reason=st.none() | st.just("shutdown")
+        ),
     )
 
 
@@ -59,17 +71,25 @@ def _settings_events() -> st.SearchStrategy[ev.Event]:
         st.builds(ev.PoolCreated, pool=pools, concurrency_limit=limits),
         st.builds(ev.PoolUpdated, pool=pools, paused=st.booleans()),
         st.builds(ev.PoolUpdated, pool=pools, concurrency_limit=limits),
-        st.builds(ev.QueueCreated, pool=pools, queue=queues, priority=st.none() | st.integers(0, 9)),
-        st.builds(ev.QueueUpdated, pool=pools, queue=queues, paused=st.booleans(),
-                  concurrency_limit=limits),
+        st.builds(
+            ev.QueueCreated, pool=pools, queue=queues, priority=st.none() | st.integers(0, 9)
+        ),
+        st.builds(
+            ev.QueueUpdated,
+            pool=pools,
+            queue=queues,
+            paused=st.booleans(),
+            concurrency_limit=limits,
+        ),
     )
 
 
 @st.composite
 def histories(draw: st.DrawFn, max_size: int = 60) -> list[ev.Event]:
     """A list of stamped events with unique ids and colliding entities and times."""
-    bodies = draw(st.lists(_task_events() | _worker_events() | _settings_events(),
-                           max_size=max_size))
+    bodies = draw(
+        st.lists(_task_events() | _worker_events() | _settings_events(), max_size=max_size)
+    )
     stamps = draw(st.lists(times, min_size=len(bodies), max_size=len(bodies)))
     return [
         msgspec.structs.replace(body, id=f"e{i:05d}", at=at)

@@ -113,16 +113,25 @@ def test_started_beats_claimed_in_one_stretch_whatever_the_clocks_say() -> None:
 
 def test_pool_updates_change_only_the_fields_they_carry_and_null_clears() -> None:
     """Partial updates commute: each field is its own latest-wins register."""
-    store = fold([
-        ev.PoolCreated(pool="p", concurrency_limit=4, **at(0)),
-        ev.PoolUpdated(pool="p", paused=True, **at(1)),
-    ])
+    store = fold(
+        [
+            ev.PoolCreated(pool="p", concurrency_limit=4, **at(0)),
+            ev.PoolUpdated(pool="p", paused=True, **at(1)),
+        ]
+    )
     assert msgspec.structs.asdict(store.pools()[0]) | {} == {
-        "pool": "p", "concurrency_limit": 4, "paused": True,
-        "created_at": BASE, "updated_at": BASE + timedelta(seconds=1),
+        "pool": "p",
+        "concurrency_limit": 4,
+        "paused": True,
+        "created_at": BASE,
+        "updated_at": BASE + timedelta(seconds=1),
     }
-    cleared = fold([ev.PoolCreated(pool="p", concurrency_limit=4, **at(0)),
-                    ev.PoolUpdated(pool="p", concurrency_limit=None, **at(1))])
+    cleared = fold(
+        [
+            ev.PoolCreated(pool="p", concurrency_limit=4, **at(0)),
+            ev.PoolUpdated(pool="p", concurrency_limit=None, **at(1)),
+        ]
+    )
     assert cleared.pools()[0].concurrency_limit is None
 
 

@@ -1,0 +1,365 @@
+"""The ``workledger`` command line: run the daemon, publish events, ask questions.
+
+Every option also reads an environment variable (shown in ``--help``), so a deployment
+configures workledger without flags.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from workledger.client import DEFAULT_API, Client
+from workledger.core.codec import decode
+from workledger.core.errors import InvalidEventError, WorkledgerError
+from workledger.core.events import Event
+from workledger.core.log import LogConfig
+from workledger.core.nats_server import EmbeddedNats
+from workledger.core.publisher import Publisher
+from workledger.projections.daemon import ProjectorConfig
+from workledger.projections.views import TaskStatus, WorkerStatus
+from workledger.render import print_json, print_slots, print_task, print_tasks, print_workers
+from workledger.service import ServiceConfig, serve
+
+__all__ = ["main"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _log_options(func: _F) -> _F:
+    """--nats, --stream and --subject-prefix, shared by every command that talks to NATS."""
+    options = [
+        click.option(
+            "--nats",
+            "servers",
+            multiple=True,
+            envvar="WORKLEDGER_NATS",
+            help="NATS server URL (repeat for a cluster).",
+        ),
+        click.option(
+            "--stream",
+            default="WORKLEDGER",
+            envvar="WORKLEDGER_STREAM",
+            show_default=True,
+            help="JetStream stream name.",
+        ),
+        click.option(
+            "--subject-prefix",
+            default="workledger",
+            show_default=True,
+            envvar="WORKLEDGER_SUBJECT_PREFIX",
+            help="First token of every subject.",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _api_option(func: _F) -> _F:
+    func = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
+    return click.option(
+        "--api",
+        default=DEFAULT_API,
+        envvar="WORKLEDGER_API",
+        show_default=True,
+        help="Base URL of a running daemon.",
+    )(func)
+
+
+def _log_config(servers: tuple[str, ...], stream: str, subject_prefix: str) -> LogConfig:
+    defaults = LogConfig()
+    return LogConfig(
+        servers=servers or defaults.servers, stream=stream, subject_prefix=subject_prefix
+    )
+
+
+@click.group()
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def main(verbose: int) -> None:
+    """workledger: which workers are alive, who holds a slot, how busy were we."""
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)]
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+# --- running -------------------------------------------------------------------------------
+
+
+def _daemon_options(func: _F) -> _F:
+    options = [
+        click.option(
+            "--host",
+            default="127.0.0.1",
+            envvar="WORKLEDGER_HOST",
+            show_default=True,
+            help="Address the HTTP API binds.",
+        ),
+        click.option(
+            "--port",
+            default=8765,
+            envvar="WORKLEDGER_PORT",
+            show_default=True,
+            help="Port of the HTTP API (0 picks a free one).",
+        ),
+        click.option(
+            "--data-dir",
+            type=click.Path(path_type=Path),
+            default=Path(".workledger"),
+            envvar="WORKLEDGER_DATA_DIR",
+            show_default=True,
+            help="Where snapshots (and the embedded NATS store) live.",
+        ),
+        click.option(
+            "--liveness-multiplier",
+            default=3.0,
+            envvar="WORKLEDGER_LIVENESS_MULTIPLIER",
+            show_default=True,
+            help="A worker is ONLINE while last seen within heartbeat_interval x this.",
+        ),
+        click.option(
+            "--filter-subject",
+            "filter_subjects",
+            multiple=True,
+            envvar="WORKLEDGER_FILTER_SUBJECTS",
+            help="Consume only these subjects (partition the stream across daemons).",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return _log_options(func)
+
+
+def _service_config(log: LogConfig, **opts: Any) -> ServiceConfig:
+    return ServiceConfig(
+        projector=ProjectorConfig(log=log, filter_subjects=tuple(opts["filter_subjects"])),
+        host=opts["host"],
+        port=opts["port"],
+        state_dir=opts["data_dir"],
+        multiplier=opts["liveness_multiplier"],
+    )
+
+
+@main.command()
+@_daemon_options
+def project(servers: tuple[str, ...], stream: str, subject_prefix: str, **opts: Any) -> None:
+    """Run the projection daemon and its HTTP API until SIGTERM or Ctrl-C."""
+    config = _service_config(_log_config(servers, stream, subject_prefix), **opts)
+    _run(_project, config)
+
+
+async def _project(config: ServiceConfig) -> None:
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(serve, config)
+        click.echo(f"workledger daemon: API {url}, reading {config.projector.log.servers[0]}")
+
+
+@main.command()
+@_daemon_options
+@click.option(
+    "--nats-port",
+    default=4222,
+    envvar="WORKLEDGER_NATS_PORT",
+    show_default=True,
+    help="Port of the embedded NATS server (0 picks a free one).",
+)
+@click.option("--demo/--no-demo", default=False, help="Also run the demo workload.")
+@click.option("--demo-workers", default=20, show_default=True, help="Workers in the demo.")
+def up(
+    *,
+    servers: tuple[str, ...],
+    stream: str,
+    subject_prefix: str,
+    nats_port: int,
+    demo: bool,
+    demo_workers: int,
+    **opts: Any,
+) -> None:
+    """Everything on one machine: embedded NATS (unless --nats), the daemon, optionally a demo."""
+    data_dir: Path = opts["data_dir"]
+    embedded = None if servers else EmbeddedNats(store_dir=data_dir / "nats", port=nats_port)
+    if embedded is not None:
+        embedded.start()
+        servers = (embedded.url,)
+    config = _service_config(_log_config(servers, stream, subject_prefix), **opts)
+    try:
+        _run(_up, config, demo_workers if demo else 0, embedded)
+    finally:
+        if embedded is not None:
+            embedded.stop()
+
+
+async def _up(config: ServiceConfig, demo_workers: int, embedded: EmbeddedNats | None) -> None:
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(serve, config)
+        if demo_workers:
+            from workledger.demo import run_demo  # noqa: PLC0415 (only `up --demo` needs it)
+
+            await tg.start(
+                lambda task_status: run_demo(
+                    config.projector.log, workers=demo_workers, task_status=task_status
+                )
+            )
+        _print_welcome(config, url, embedded, demo_workers)
+
+
+def _print_welcome(
+    config: ServiceConfig, url: str, embedded: EmbeddedNats | None, demo_workers: int
+) -> None:
+    nats = config.projector.log.servers[0]
+    where = f" (embedded, data in {embedded.store_dir})" if embedded else ""
+    lines = [
+        "workledger is up.",
+        f"  NATS   {nats}{where}, stream {config.projector.log.stream}",
+        f"  API    {url}  (OpenAPI: {url}/schema)",
+    ]
+    if demo_workers:
+        lines.append(f"  demo   {demo_workers} workers publishing a simulated fleet")
+    lines += [
+        "Ask it, in another terminal:",
+        f"  .venv/bin/workledger workers --api {url}",
+        f"  .venv/bin/workledger slots --api {url}",
+        f"  .venv/bin/workledger tasks --status RUNNING --api {url}",
+        "Stop with Ctrl-C.",
+    ]
+    click.echo("\n".join(lines))
+
+
+def _run(entry: Callable[..., Any], *args: Any) -> None:
+    try:
+        anyio.run(entry, *args, backend="asyncio")
+    except KeyboardInterrupt:
+        pass
+    except WorkledgerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+# --- publishing ----------------------------------------------------------------------------
+
+
+@main.command()
+@_log_options
+@click.option("--msgpack", is_flag=True, help="Publish as msgpack instead of JSON.")
+def publish(servers: tuple[str, ...], stream: str, subject_prefix: str, msgpack: bool) -> None:
+    """Publish JSON Lines events from stdin; bad lines are reported and skipped (exit 1)."""
+    events, rejected = _read_events(sys.stdin)
+    for number, reason in rejected:
+        click.echo(f"line {number}: {reason}", err=True)
+    config = _log_config(servers, stream, subject_prefix)
+    _run(_publish_all, config, events, "msgpack" if msgpack else "json")
+    click.echo(f"published {len(events)} events, rejected {len(rejected)}", err=True)
+    if rejected:
+        sys.exit(1)
+
+
+def _read_events(lines: Iterable[str]) -> tuple[list[Event], list[tuple[int, str]]]:
+    events: list[Event] = []
+    rejected: list[tuple[int, str]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            events.append(decode(line.strip().encode(), json_only=True))
+        except InvalidEventError as exc:
+            rejected.append((number, str(exc)))
+    return events, rejected
+
+
+async def _publish_all(config: LogConfig, events: list[Event], encoding: Any) -> None:
+    async with Publisher(config, encoding=encoding) as pub:
+        for event in events:
+            await pub.publish(event)
+
+
+# --- queries -------------------------------------------------------------------------------
+
+
+def _query(api: str, ask: Callable[[Client], Any]) -> Any:
+    try:
+        with Client(api) as client:
+            return ask(client)
+    except WorkledgerError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@_api_option
+@click.option("--pool", help="Only this pool.")
+@click.option("--queue", help="Only workers serving this queue.")
+@click.option("--task-key", "task_keys", multiple=True, help="Workers taking ANY of these keys.")
+@click.option("--status", type=click.Choice([s.value for s in WorkerStatus]), help="Only these.")
+@click.option("--limit", default=1000, show_default=True)
+def workers(
+    *,
+    api: str,
+    as_json: bool,
+    pool: str | None,
+    queue: str | None,
+    task_keys: tuple[str, ...],
+    status: str | None,
+    limit: int,
+) -> None:
+    """Workers: status, slots in use and free, what each is running."""
+    found = _query(
+        api,
+        lambda c: c.workers(
+            pool=pool,
+            queue=queue,
+            task_keys=task_keys,
+            status=WorkerStatus(status) if status else None,
+            limit=limit,
+        ),
+    )
+    print_json(found) if as_json else print_workers(found, now=datetime.now(UTC))
+
+
+@main.command()
+@_api_option
+@click.option("--pool", help="Only this pool.")
+@click.option("--queue", help="Only this queue.")
+def slots(api: str, as_json: bool, pool: str | None, queue: str | None) -> None:
+    """Who holds slots, since when, on which worker; counts per pool and queue."""
+    found = _query(api, lambda c: c.slots(pool=pool, queue=queue))
+    print_json(found) if as_json else print_slots(found, now=datetime.now(UTC))
+
+
+@main.command()
+@_api_option
+@click.option("--status", type=click.Choice([s.value for s in TaskStatus]), help="Only these.")
+@click.option("--limit", default=50, show_default=True)
+def tasks(api: str, as_json: bool, status: str | None, limit: int) -> None:
+    """Tasks, most recently updated first."""
+    found = _query(
+        api, lambda c: c.tasks(status=TaskStatus(status) if status else None, limit=limit)
+    )
+    print_json(found) if as_json else print_tasks(found)
+
+
+@main.command()
+@_api_option
+@click.argument("task_id")
+def task(api: str, as_json: bool, task_id: str) -> None:
+    """One task by id."""
+    found = _query(api, lambda c: c.task(task_id))
+    if found is None:
+        raise click.ClickException(f"no task {task_id!r}")
+    print_json(found) if as_json else print_task(found)
+
+
+@main.command()
+@_api_option
+@click.option("--limit", default=50, show_default=True)
+def quarantine(api: str, as_json: bool, limit: int) -> None:
+    """Messages the daemon set aside, with stream sequence and reason."""
+    found = _query(api, lambda c: c.quarantined(limit=limit))
+    if as_json:
+        print_json(found)
+        return
+    for q in found:
+        click.echo(f"#{q.seq} {q.subject}: {q.reason}")
