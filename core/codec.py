@@ -41,6 +41,8 @@ def decode(data: bytes | memoryview, *, json_only: bool = False) -> Event:
 
     :raises InvalidEventError: with a reason a producer can act on.
     """
+    if not len(data):
+        raise InvalidEventError("empty message")
     is_json = json_only or _first_byte(data) in b'{[ \t\r\n"0123456789-tfn'
     try:
         event: Event = (_json_decoder if is_json else _msgpack_decoder).decode(data)

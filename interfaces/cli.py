@@ -124,6 +124,13 @@ def _daemon_options(func: _F) -> _F:
             help="A worker is ONLINE while last seen within heartbeat_interval x this.",
         ),
         click.option(
+            "--snapshot-interval",
+            default=5.0,
+            envvar="WORKLEDGER_SNAPSHOT_INTERVAL",
+            show_default=True,
+            help="Seconds between snapshots of the in-memory read model.",
+        ),
+        click.option(
             "--filter-subject",
             "filter_subjects",
             multiple=True,
@@ -143,6 +150,7 @@ def _service_config(log: LogConfig, **opts: Any) -> ServiceConfig:
         port=opts["port"],
         state_dir=opts["data_dir"],
         multiplier=opts["liveness_multiplier"],
+        snapshot_interval=opts["snapshot_interval"],
     )
 
 
@@ -157,7 +165,8 @@ def project(servers: tuple[str, ...], stream: str, subject_prefix: str, **opts: 
 async def _project(config: ServiceConfig) -> None:
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, config)
-        click.echo(f"workledger daemon: API {url}, reading {config.projector.log.servers[0]}")
+        log = config.projector.log
+        click.echo(f"workledger daemon: API {url}, stream {log.stream} on {log.servers[0]}")
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -94,4 +95,36 @@ def histories(draw: st.DrawFn, max_size: int = 60) -> list[ev.Event]:
     return [
         msgspec.structs.replace(body, id=f"e{i:05d}", at=at)
         for i, (body, at) in enumerate(zip(bodies, stamps, strict=True))
+    ]
+
+
+def fleet_history(size: int, seed: int = 0) -> list[ev.Event]:
+    """A deterministic, plausible history of ``size`` events (for end-to-end and kill tests).
+
+    Times are shuffled a little so the stream order is not the event-time order.
+    """
+    rng = random.Random(seed)
+    out: list[ev.Event] = [ev.PoolCreated(pool=p, concurrency_limit=8) for p in POOLS]
+    out += [
+        ev.WorkerStarted(worker=f"w{i}", pool=POOLS[i % 2], slots=2, task_keys=(KEYS[i % 3],))
+        for i in range(12)
+    ]
+    lifecycle = [ev.TaskClaimed, ev.TaskStarted, ev.TaskProgress, ev.TaskRetrying]
+    terminal = [ev.TaskCompleted, ev.TaskCompleted, ev.TaskFailed, ev.TaskCancelled, ev.TaskCrashed]
+    task = 0
+    while len(out) < size:
+        task += 1
+        name, worker, pool = f"task-{task}", f"w{rng.randrange(12)}", rng.choice(POOLS)
+        out.append(ev.TaskSubmitted(task=name, pool=pool, queue=rng.choice(QUEUES)))
+        for kind in lifecycle[: rng.randrange(1, 5)]:
+            fields = {"worker": worker} if kind in (ev.TaskClaimed, ev.TaskStarted) else {}
+            out.append(kind(task=name, **fields))  # type: ignore[call-arg]
+        if rng.random() < 0.8:
+            out.append(rng.choice(terminal)(task=name))
+        out.append(ev.WorkerHeartbeat(worker=worker, pool=POOLS[int(worker[1:]) % 2]))
+    return [
+        msgspec.structs.replace(
+            e, id=f"f{seed}-{i:07d}", at=BASE + timedelta(seconds=i + rng.uniform(-3, 3))
+        )
+        for i, e in enumerate(out[:size])
     ]

@@ -1,0 +1,234 @@
+"""The daemon end to end on a real nats-server: stream in, read model out."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import anyio
+import pytest
+from workledger.core import codec
+from workledger.core import events as ev
+from workledger.core.log import LogConfig, connect, subject_for
+from workledger.core.publisher import Publisher
+from workledger.projections.daemon import Projector, ProjectorConfig
+from workledger.projections.views import TaskStatus, WorkerStatus
+from workledger.queries import Queries
+from workledger.stores.memory import MemoryStore
+
+from .histories import BASE, fleet_history
+from .test_fold import at, fold
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def projecting(config: LogConfig, store: MemoryStore) -> AsyncIterator[Projector]:
+    """A projector running on ``store`` for the duration of the block."""
+    projector = Projector(ProjectorConfig(log=config), [store])
+    async with anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        yield projector
+        tg.cancel_scope.cancel()
+
+
+async def publish(config: LogConfig, events: list[ev.Event]) -> int:
+    """Publish through the SDK; returns the last stream sequence."""
+    async with Publisher(config) as pub:
+        for event in events[:-1]:
+            await pub.publish(event)
+        return await pub.publish_and_wait(events[-1])
+
+
+async def publish_raw(config: LogConfig, payloads: list[tuple[str, bytes]]) -> int:
+    """Publish bytes as a foreign producer would: no SDK, no dedupe header."""
+    nc = await connect(config)
+    try:
+        js = nc.jetstream()
+        seq = 0
+        for subject, data in payloads:
+            seq = (await js.publish(subject, data, stream=config.stream)).seq
+        return seq
+    finally:
+        await nc.close()
+
+
+def one_of_each() -> list[ev.Event]:
+    """A short history that uses every event type."""
+    return [
+        ev.PoolCreated(pool="etl", concurrency_limit=4, **at(0)),
+        ev.QueueCreated(pool="etl", queue="fast lane", priority=1, **at(0.5)),
+        ev.WorkerStarted(
+            worker="w.1",
+            pool="etl",
+            queues=("fast lane",),
+            task_keys=("a",),
+            slots=2,
+            heartbeat_interval=10,
+            labels={"zone": "eu"},
+            host="h1",
+            pid=42,
+            **at(1),
+        ),
+        ev.WorkerSubscribed(worker="w.1", pool="etl", task_keys=("b",), **at(2)),
+        ev.WorkerHeartbeat(worker="w.1", pool="etl", **at(3)),
+        ev.TaskSubmitted(
+            task="t 1",
+            pool="etl",
+            queue="fast lane",
+            task_key="a",
+            priority=2,
+            stage="parse",
+            item="file.csv",
+            **at(4),
+        ),
+        ev.TaskClaimed(task="t 1", worker="w.1", **at(5)),
+        ev.TaskStarted(task="t 1", worker="w.1", **at(6)),
+        ev.TaskProgress(task="t 1", progress=0.5, message="halfway", **at(7)),
+        ev.TaskRetrying(task="t 1", attempt=1, error="timeout", **at(8)),
+        ev.TaskClaimed(task="t 1", worker="w.1", **at(9)),
+        ev.TaskStarted(task="t 1", worker="w.1", **at(10)),
+        ev.TaskCompleted(task="t 1", **at(11)),
+        ev.TaskSubmitted(task="t2", pool="etl", queue="fast lane", **at(12)),
+        ev.TaskClaimed(task="t2", worker="w.1", **at(13)),
+        ev.TaskFailed(task="t2", error="bad input", **at(14)),
+        ev.TaskSubmitted(task="t3", pool="etl", queue="fast lane", **at(15)),
+        ev.TaskCancelled(task="t3", **at(16)),
+        ev.TaskSubmitted(task="t4", pool="etl", queue="fast lane", **at(17)),
+        ev.TaskStarted(task="t4", worker="w.1", **at(18)),
+        ev.TaskCrashed(task="t4", reason="segfault", **at(19)),
+        ev.TaskSubmitted(task="t5", pool="etl", queue="fast lane", **at(20)),
+        ev.TaskClaimed(task="t5", worker="w.1", **at(21)),
+        ev.PoolUpdated(pool="etl", paused=True, **at(22)),
+        ev.QueueUpdated(pool="etl", queue="fast lane", concurrency_limit=None, **at(23)),
+        ev.WorkerStopped(worker="w.1", pool="etl", reason="deploy", **at(24)),
+    ]
+
+
+async def test_every_event_type_flows_from_the_stream_into_the_read_model(
+    log_stream: LogConfig,
+) -> None:
+    """What the daemon builds from the stream equals folding the same events directly."""
+    history = one_of_each()
+    assert {e.type for e in history} == set(ev.event_types())
+    last = await publish(log_stream, history)
+    store = MemoryStore()
+    async with projecting(log_stream, store) as projector:
+        assert await projector.wait_for(last, timeout=10)
+    assert store.read_model() == fold(history).read_model()
+    task = store.task("t 1")
+    assert task is not None
+    assert (task.status, task.retries, task.stage, task.worker) == (
+        TaskStatus.COMPLETED,
+        1,
+        "parse",
+        "w.1",
+    )
+    statuses = {t: store.task(t).status for t in ("t2", "t3", "t4", "t5")}  # type: ignore[union-attr]
+    assert statuses == {
+        "t2": TaskStatus.FAILED,
+        "t3": TaskStatus.CANCELLED,
+        "t4": TaskStatus.CRASHED,
+        "t5": TaskStatus.PENDING,
+    }
+    worker = store.workers(now=BASE + timedelta(seconds=25))[0]
+    assert (worker.status, worker.worker.task_keys, worker.tasks, worker.free_slots) == (
+        WorkerStatus.STOPPED,
+        ("a", "b"),
+        ("t5",),
+        1,
+    )
+    assert (store.pools()[0].paused, store.queues()[0].concurrency_limit) == (True, None)
+
+
+async def test_out_of_order_and_duplicate_delivery_gives_the_same_read_model(
+    log_stream: LogConfig,
+) -> None:
+    """Producers racing each other, and a producer that resends, change nothing."""
+    history = fleet_history(600, seed=7)
+    rng = random.Random(1)
+    shuffled = rng.sample(history, len(history)) + rng.choices(history, k=150)
+    payloads = [(subject_for(log_stream.subject_prefix, e), codec.encode_json(e)) for e in shuffled]
+    last = await publish_raw(log_stream, payloads)
+    store = MemoryStore()
+    async with projecting(log_stream, store) as projector:
+        assert await projector.wait_for(last, timeout=10)
+    assert store.stats().applied == len(shuffled)
+    assert store.read_model() == fold(history).read_model()
+
+
+async def test_malformed_and_unknown_messages_are_set_aside_and_the_daemon_goes_on(
+    log_stream: LogConfig,
+) -> None:
+    """Each bad message is quarantined with its sequence and reason; good ones still apply."""
+    prefix = log_stream.subject_prefix
+    good = ev.WorkerStarted(worker="w", pool="p", **at(1))
+    bad = [
+        b"not json at all",
+        b'{"type": "worker.exploded", "worker": "w"}',
+        b'{"type": "worker.started", "pool": "p"}',
+        b'{"type": "task.progress", "task": "t", "progress": 7}',
+        b'{"type": "worker.started", "worker": "w", "pool": "p", "at": "2026-01-01T00:00:00"}',
+        b"\xff\xfe\x00",
+        b"",
+    ]
+    payloads = [(f"{prefix}.x.worker.w.junk", data) for data in bad]
+    payloads.append((subject_for(prefix, good), codec.encode_msgpack(good)))
+    last = await publish_raw(log_stream, payloads)
+    store = MemoryStore()
+    async with projecting(log_stream, store) as projector:
+        assert await projector.wait_for(last, timeout=10)
+        assert projector.metrics.quarantined == len(bad)
+    set_aside = sorted(store.quarantined(), key=lambda q: q.seq)
+    assert [q.seq for q in set_aside] == list(range(1, len(bad) + 1))
+    assert [q.data for q in set_aside] == bad
+    reasons = [q.reason for q in set_aside]
+    assert "unknown event type 'worker.exploded'" in reasons[1]
+    assert "missing required field `worker`" in reasons[2]
+    assert "$.progress" in reasons[3]
+    assert "timezone" in reasons[4]
+    assert reasons[6] == "empty message"
+    assert (store.stats().applied, store.stats().quarantined) == (1, len(bad))
+    assert store.read_model().workers == fold([good]).read_model().workers
+
+
+async def test_events_without_id_or_time_get_them_from_the_stream_deterministically(
+    log_stream: LogConfig,
+) -> None:
+    """A minimal foreign producer may omit id and at; two rebuilds still agree exactly."""
+    data = b'{"type": "worker.heartbeat", "worker": "go-worker", "pool": "p"}'
+    last = await publish_raw(log_stream, [(f"{log_stream.subject_prefix}.p.worker.g.hb", data)])
+    models = []
+    for _ in range(2):
+        store = MemoryStore()
+        async with projecting(log_stream, store) as projector:
+            assert await projector.wait_for(last, timeout=10)
+        models.append(store.read_model())
+    assert models[0] == models[1]
+    assert models[0].workers[0].last_seen is not None
+
+
+async def test_liveness_follows_the_one_rule_with_a_configurable_multiplier(
+    log_stream: LogConfig,
+) -> None:
+    """ONLINE within interval x multiplier of the last event from the worker, then OFFLINE."""
+    history = [
+        ev.WorkerStarted(worker="w", pool="p", heartbeat_interval=10, **at(0)),
+        ev.WorkerHeartbeat(worker="w", pool="p", **at(20)),
+        ev.TaskStarted(task="t", worker="w", **at(25)),  # any event from the worker counts
+    ]
+    last = await publish(log_stream, history)
+    store = MemoryStore()
+    async with projecting(log_stream, store) as projector:
+        assert await projector.wait_for(last, timeout=10)
+
+    def status(seconds: float, multiplier: float = 3) -> WorkerStatus:
+        clock = lambda: BASE + timedelta(seconds=seconds)  # noqa: E731
+        return Queries(store, multiplier=multiplier, clock=clock).workers()[0].status
+
+    assert status(55) is WorkerStatus.ONLINE
+    assert status(55.001) is WorkerStatus.OFFLINE
+    assert status(45, multiplier=2) is WorkerStatus.ONLINE
+    assert status(46, multiplier=2) is WorkerStatus.OFFLINE
