@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from workledger.core.log import LogConfig
 
 from .conftest import read_all, run_in_thread
@@ -36,7 +37,8 @@ def nats_args(config: LogConfig) -> list[str]:
 LINES = (
     "\n".join(
         [
-            '{"type": "worker.started", "worker": "w 1", "pool": "etl", "slots": 2, "task_keys": ["k"]}',
+            '{"type": "worker.started", "worker": "w 1", "pool": "etl", "slots": 2,'
+            ' "task_keys": ["k"]}',
             "this is not json",
             '{"type": "task.submitted", "task": "job/1", "pool": "etl", "queue": "q"}',
             "",
@@ -95,7 +97,8 @@ def test_query_commands_answer_from_a_running_daemon_as_tables_and_json(
         assert [t["task"] for t in pending] == ["job/1"]
         assert json.loads(workledger("task", "job/1", "--json", *api).stdout)["worker"] == "w 1"
         table = workledger("workers", *api).stdout
-        assert "w 1" in table and "ONLINE" in table
+        assert "w 1" in table
+        assert "ONLINE" in table
         missing = workledger("task", "nope", *api)
         assert (missing.returncode, "no task 'nope'" in missing.stderr) == (1, True)
 

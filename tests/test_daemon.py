@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import anyio
 import pytest
+
 from workledger.core import codec
 from workledger.core import events as ev
 from workledger.core.log import LogConfig, connect, subject_for

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+
 from workledger.client import Client
 from workledger.core import events as ev
 from workledger.core.log import LogConfig
