@@ -200,7 +200,7 @@ class _PoolEvent(Event, frozen=True, kw_only=True):
 
     family: ClassVar[str] = "pool"
     pool: Name
-    concurrency_limit: Limit | None | msgspec.UnsetType = msgspec.UNSET
+    concurrency_limit: Limit | msgspec.UnsetType | None = msgspec.UNSET
     paused: bool | msgspec.UnsetType = msgspec.UNSET
 
 
@@ -218,8 +218,8 @@ class _QueueEvent(Event, frozen=True, kw_only=True):
     family: ClassVar[str] = "queue"
     pool: Name
     queue: Name
-    priority: int | None | msgspec.UnsetType = msgspec.UNSET
-    concurrency_limit: Limit | None | msgspec.UnsetType = msgspec.UNSET
+    priority: int | msgspec.UnsetType | None = msgspec.UNSET
+    concurrency_limit: Limit | msgspec.UnsetType | None = msgspec.UNSET
     paused: bool | msgspec.UnsetType = msgspec.UNSET
 
 
