@@ -14,6 +14,7 @@ Precedence rules, after celery's ``events/state.py`` but made order-free:
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -23,8 +24,10 @@ from workledger.core import events as ev
 from workledger.projections.views import (
     PoolView,
     QueueView,
+    SlotInterval,
     TaskStatus,
     TaskView,
+    WorkerSession,
     WorkerView,
 )
 
@@ -61,7 +64,7 @@ class _TaskRecord:
     hint: ev.Event | None = None  # latest event carrying a pool hint
     last_retry: ev.TaskRetrying | None = None
     retries: dict[str, ev.TaskRetrying] = field(default_factory=dict)
-    stretch: dict[str, _Mark] = field(default_factory=dict)  # claims/starts after last_retry
+    marks: dict[str, _Mark] = field(default_factory=dict)  # every claim and start, by id
     updated_at: datetime | None = None
 
     def apply(self, event: ev.Event) -> None:
@@ -82,19 +85,22 @@ class _TaskRecord:
                 self.terminal = event
 
     def _add_mark(self, event: ev.TaskClaimed | ev.TaskStarted) -> None:
-        if self.last_retry is None or event.order_key > self.last_retry.order_key:
-            self.stretch[event.id] = _Mark(event.order_key, event)
+        self.marks[event.id] = _Mark(event.order_key, event)
 
     def _add_retry(self, event: ev.TaskRetrying) -> None:
         self.retries[event.id] = event
         if _later(self.last_retry, event):
             self.last_retry = event
-            key = event.order_key
-            self.stretch = {i: m for i, m in self.stretch.items() if m.key > key}
+
+    def _stretch(self) -> list[_Mark]:
+        """Claims and starts since the last retry, in order: the current slot stretch."""
+        after = self.last_retry.order_key if self.last_retry else None
+        marks = (m for m in self.marks.values() if after is None or m.key > after)
+        return sorted(marks, key=lambda m: m.key)
 
     def view(self) -> TaskView:
-        status = self._status()
-        marks = sorted(self.stretch.values(), key=lambda m: m.key)
+        marks = self._stretch()
+        status = self._status(marks)
         starts = [m for m in marks if isinstance(m.event, ev.TaskStarted)]
         latest = (starts or marks)[-1].event if marks else None
         sub, prog = self.submitted, self.progress
@@ -119,10 +125,55 @@ class _TaskRecord:
             error=self._error(),
         )
 
-    def _status(self) -> TaskStatus:
+    def intervals(self) -> list[SlotInterval]:
+        """Every slot stretch of the task, split by its retries, in order."""
+        retries = sorted(self.retries.values(), key=lambda r: r.order_key)
+        bounds = [r.order_key for r in retries]
+        stretches: list[list[_Mark]] = [[] for _ in range(len(bounds) + 1)]
+        for mark in sorted(self.marks.values(), key=lambda m: m.key):
+            stretches[bisect_left(bounds, mark.key)].append(mark)
+        view = self.view()
+        return [
+            self._interval(
+                view, attempt, marks, retries[attempt] if attempt < len(bounds) else None
+            )
+            for attempt, marks in enumerate(stretches)
+            if marks
+        ]
+
+    def _interval(
+        self, view: TaskView, attempt: int, marks: list[_Mark], retry: ev.TaskRetrying | None
+    ) -> SlotInterval:
+        starts = [m for m in marks if isinstance(m.event, ev.TaskStarted)]
+        acquired = marks[0].key[0]
+        released, ended = self._release(retry)
+        return SlotInterval(
+            task=self.task,
+            attempt=attempt + 1,
+            worker=(starts or marks)[-1].event.worker,
+            pool=view.pool,
+            queue=view.queue,
+            task_key=view.task_key,
+            stage=view.stage,
+            acquired_at=acquired,
+            started_at=starts[0].key[0] if starts else None,
+            released_at=max(released, acquired) if released is not None else None,
+            ended=ended,
+        )
+
+    def _release(self, retry: ev.TaskRetrying | None) -> tuple[datetime | None, TaskStatus | None]:
+        """A stretch ends at its retry or at the terminal event, whichever is first."""
+        terminal = self.terminal
+        if retry is not None and (terminal is None or retry.order_key < terminal.order_key):
+            return retry.order_key[0], TaskStatus.RETRYING
+        if terminal is not None:
+            return terminal.order_key[0], _TERMINAL_STATUS[type(terminal)]
+        return None, None
+
+    def _status(self, stretch: list[_Mark]) -> TaskStatus:
         if self.terminal is not None:
             return _TERMINAL_STATUS[type(self.terminal)]
-        kinds = {type(m.event) for m in self.stretch.values()}
+        kinds = {type(m.event) for m in stretch}
         if ev.TaskStarted in kinds:
             return TaskStatus.RUNNING
         if ev.TaskClaimed in kinds:
@@ -134,7 +185,7 @@ class _TaskRecord:
     def retained(self) -> list[ev.Event]:
         """The events this record still depends on; folding them alone rebuilds it."""
         kept = [self.submitted, self.terminal, self.progress, self.hint]
-        kept += [m.event for m in self.stretch.values()]
+        kept += [m.event for m in self.marks.values()]
         return [e for e in kept if e is not None] + list(self.retries.values())
 
     def _hint(self, name: str) -> str | None:
@@ -155,6 +206,8 @@ class _WorkerRecord:
     latest: ev.Event | None = None  # any worker event: the pool it reports under
     started: ev.WorkerStarted | None = None
     stopped: ev.WorkerStopped | None = None
+    starts: dict[str, ev.WorkerStarted] = field(default_factory=dict)
+    stops: dict[str, ev.WorkerStopped] = field(default_factory=dict)
     subscriptions: dict[str, ev.WorkerSubscribed] = field(default_factory=dict)
     seen: ev.Event | None = None  # the latest event naming the worker: its last sign of life
 
@@ -166,20 +219,57 @@ class _WorkerRecord:
         if _later(self.latest, event):
             self.latest = event
         match event:
-            case ev.WorkerStarted() if _later(self.started, event):
-                self.started = event
-                key = event.order_key
-                subs = self.subscriptions
-                self.subscriptions = {i: s for i, s in subs.items() if s.order_key > key}
-            case ev.WorkerStopped() if _later(self.stopped, event):
-                self.stopped = event
+            case ev.WorkerStarted():
+                self.starts[event.id] = event
+                if _later(self.started, event):
+                    self.started = event
+                    key = event.order_key
+                    subs = self.subscriptions
+                    self.subscriptions = {i: s for i, s in subs.items() if s.order_key > key}
+            case ev.WorkerStopped():
+                self.stops[event.id] = event
+                if _later(self.stopped, event):
+                    self.stopped = event
             case ev.WorkerSubscribed() if self._current(event):
                 self.subscriptions[event.id] = event
 
     def retained(self) -> list[ev.Event]:
         """The events this record still depends on; folding them alone rebuilds it."""
-        kept = [self.latest, self.started, self.stopped, self.seen]
+        kept = [self.latest, self.seen, *self.starts.values(), *self.stops.values()]
         return [e for e in kept if e is not None] + list(self.subscriptions.values())
+
+    def sessions(self) -> list[WorkerSession]:
+        """Each run of the worker, from each ``worker.started``, in order."""
+        starts = sorted(self.starts.values(), key=lambda e: e.order_key)
+        stops = sorted(self.stops.values(), key=lambda e: e.order_key)
+        keys = self.view().task_keys
+        sessions = []
+        for i, start in enumerate(starts):
+            following = starts[i + 1] if i + 1 < len(starts) else None
+            limit = following.order_key if following else None
+            stop = next(
+                (
+                    s
+                    for s in stops
+                    if s.order_key > start.order_key and (limit is None or s.order_key < limit)
+                ),
+                None,
+            )
+            sessions.append(
+                WorkerSession(
+                    worker=self.worker,
+                    pool=start.pool,
+                    queues=start.queues,
+                    task_keys=keys if following is None else start.task_keys,
+                    slots=start.slots,
+                    heartbeat_interval=start.heartbeat_interval,
+                    started_at=start.order_key[0],
+                    stopped_at=stop.order_key[0] if stop else None,
+                    next_started_at=following.order_key[0] if following else None,
+                    last_seen=self.seen.order_key[0] if self.seen and not following else None,
+                )
+            )
+        return sessions
 
     def _current(self, event: ev.Event) -> bool:
         return self.started is None or event.order_key > self.started.order_key
@@ -370,6 +460,16 @@ class Ledger:
             for event in record.retained():
                 kept[event.id] = event
         return sorted(kept.values(), key=lambda e: e.order_key)
+
+    def intervals(self, task: str) -> list[SlotInterval]:
+        """The task's slot stretches, or [] if no event named it."""
+        record = self._tasks.get(task)
+        return record.intervals() if record else []
+
+    def sessions(self, worker: str) -> list[WorkerSession]:
+        """The worker's sessions, or [] if it never sent ``worker.started``."""
+        record = self._workers.get(worker)
+        return record.sessions() if record else []
 
     def task_ids(self) -> list[str]:
         """Every task named so far."""

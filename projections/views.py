@@ -13,8 +13,10 @@ __all__ = [
     "QueueView",
     "SlotCount",
     "SlotHolder",
+    "SlotInterval",
     "TaskStatus",
     "TaskView",
+    "WorkerSession",
     "WorkerStatus",
     "WorkerView",
     "WorkerWithStatus",
@@ -158,3 +160,44 @@ class Quarantined(msgspec.Struct, frozen=True, kw_only=True):
     reason: str
     data: bytes
     size: int
+
+
+class SlotInterval(msgspec.Struct, frozen=True, kw_only=True):
+    """One stretch of a task holding a slot: from its first claim or start after a retry
+    (or ever) to the next retry or its terminal event. ``released_at`` None: still held.
+
+    ``started_at`` is when it began RUNNING in this stretch (None if it never did); busy time
+    is ``started_at`` to ``released_at``.
+    """
+
+    task: str
+    attempt: int
+    worker: str | None
+    pool: str | None
+    queue: str | None
+    task_key: str | None
+    stage: str | None
+    acquired_at: datetime
+    started_at: datetime | None
+    released_at: datetime | None
+    ended: TaskStatus | None  # RETRYING or a terminal status; None while held
+
+
+class WorkerSession(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of a worker, from a ``worker.started``.
+
+    It ends at its ``worker.stopped``; failing that, at the worker's next start; failing that
+    (the latest session), when it went OFFLINE: ``last_seen`` plus the liveness grace, which
+    depends on the query's multiplier and so is decided at query time.
+    """
+
+    worker: str
+    pool: str
+    queues: tuple[str, ...]
+    task_keys: tuple[str, ...]
+    slots: int
+    heartbeat_interval: float
+    started_at: datetime
+    stopped_at: datetime | None
+    next_started_at: datetime | None
+    last_seen: datetime | None

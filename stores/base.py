@@ -21,9 +21,11 @@ from workledger.projections.views import (
     QueueView,
     SlotCount,
     SlotHolder,
+    SlotInterval,
     TaskStatus,
     TaskView,
     WorkerStatus,
+    WorkerSession,
     WorkerView,
     WorkerWithStatus,
 )
@@ -66,6 +68,8 @@ class ReadModel(msgspec.Struct, frozen=True, kw_only=True):
     pools: list[PoolView]
     queues: list[QueueView]
     quarantined: list[Quarantined]
+    intervals: list[SlotInterval]
+    sessions: list[WorkerSession]
 
 
 @runtime_checkable

@@ -27,8 +27,10 @@ from workledger.projections.views import (
     QueueView,
     SlotCount,
     SlotHolder,
+    SlotInterval,
     TaskStatus,
     TaskView,
+    WorkerSession,
     WorkerStatus,
     WorkerView,
     WorkerWithStatus,
@@ -58,6 +60,8 @@ class MemoryStore:
         self._workers: dict[str, WorkerView] = {}
         self._by_status: dict[TaskStatus, set[str]] = {s: set() for s in TaskStatus}
         self._held_by: dict[str, set[str]] = {}  # worker -> tasks holding one of its slots
+        self._intervals: dict[str, list[SlotInterval]] = {}
+        self._sessions: dict[str, list[WorkerSession]] = {}
         self._quarantine: deque[Quarantined] = deque(maxlen=quarantine_limit)
         self._checkpoint = 0
         self._applied = 0
@@ -84,6 +88,7 @@ class MemoryStore:
             view = self._ledger.worker(worker_id)
             if view is not None:
                 self._workers[worker_id] = view
+            self._sessions[worker_id] = self._ledger.sessions(worker_id)
         changes.clear()
 
     def _index_task(self, task_id: str) -> None:
@@ -92,6 +97,7 @@ class MemoryStore:
         if new is None:
             return
         self._tasks[task_id] = new
+        self._intervals[task_id] = self._ledger.intervals(task_id)
         if old is not None:
             self._by_status[old.status].discard(task_id)
             if old.status.holds_slot and old.worker is not None:
@@ -218,7 +224,19 @@ class MemoryStore:
             pools=self.pools(),
             queues=self.queues(),
             quarantined=sorted(self._quarantine, key=lambda q: q.seq),
+            intervals=[i for t in sorted(self._intervals) for i in self._intervals[t]],
+            sessions=[s for w in sorted(self._sessions) for s in self._sessions[w]],
         )
+
+    def slot_intervals(self) -> Iterable[SlotInterval]:
+        """Every slot stretch of every task (for utilization)."""
+        for intervals in self._intervals.values():
+            yield from intervals
+
+    def worker_sessions(self) -> Iterable[WorkerSession]:
+        """Every session of every worker (for utilization)."""
+        for sessions in self._sessions.values():
+            yield from sessions
 
     def _holding(self) -> Iterable[TaskView]:
         for status in (TaskStatus.PENDING, TaskStatus.RUNNING):

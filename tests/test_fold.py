@@ -145,3 +145,52 @@ def test_the_retained_events_of_a_state_fold_back_into_that_state(
     retained = store._ledger.retained_events()
     assert model(retained).tasks == store.read_model().tasks
     assert model(retained).workers == store.read_model().workers
+
+
+def test_slot_intervals_split_at_retries_and_end_at_the_terminal_event() -> None:
+    """Each stretch runs from its first claim to the retry or terminal event that ends it."""
+    store = fold(
+        [
+            ev.TaskSubmitted(task="t", pool="p", queue="q", stage="load", **at(0)),
+            ev.TaskClaimed(task="t", worker="w1", **at(1)),
+            ev.TaskStarted(task="t", worker="w1", **at(2)),
+            ev.TaskRetrying(task="t", **at(3)),
+            ev.TaskClaimed(task="t", worker="w2", **at(5)),
+            ev.TaskStarted(task="t", worker="w2", **at(6)),
+            ev.TaskCompleted(task="t", **at(9)),
+            ev.TaskClaimed(task="open", worker="w2", **at(7)),
+        ]
+    )
+    spans = [
+        (i.task, i.attempt, i.worker, i.acquired_at, i.started_at, i.released_at, i.ended)
+        for i in store.read_model().intervals
+    ]
+    t = lambda s: BASE + timedelta(seconds=s)  # noqa: E731
+    assert spans == [
+        ("open", 1, "w2", t(7), None, None, None),
+        ("t", 1, "w1", t(1), t(2), t(3), TaskStatus.RETRYING),
+        ("t", 2, "w2", t(5), t(6), t(9), TaskStatus.COMPLETED),
+    ]
+
+
+def test_worker_sessions_end_at_their_stop_or_the_next_start() -> None:
+    """A restart without a stop closes the previous session; only the last is open-ended."""
+    store = fold(
+        [
+            ev.WorkerStarted(worker="w", pool="p", slots=2, **at(0)),
+            ev.WorkerStarted(worker="w", pool="p", slots=4, **at(10)),
+            ev.WorkerStopped(worker="w", pool="p", **at(20)),
+            ev.WorkerStarted(worker="w", pool="p", slots=1, **at(30)),
+            ev.WorkerHeartbeat(worker="w", pool="p", **at(35)),
+        ]
+    )
+    t = lambda s: BASE + timedelta(seconds=s)  # noqa: E731
+    sessions = [
+        (s.slots, s.started_at, s.stopped_at, s.next_started_at, s.last_seen)
+        for s in store.read_model().sessions
+    ]
+    assert sessions == [
+        (2, t(0), None, t(10), None),
+        (4, t(10), t(20), t(30), None),
+        (1, t(30), None, None, t(35)),
+    ]
