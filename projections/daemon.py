@@ -91,9 +91,9 @@ def _utc(moment: datetime) -> datetime:
 class Projector:
     """Feeds one stream into stores; ``run`` until cancelled.
 
-    The first store's checkpoint is where reading resumes; every store is given every batch, so
-    stores that start together stay together (a store behind the others is caught up by
-    rebuilding it, see ``workledger rebuild``).
+    Reading resumes after the lowest checkpoint of the stores; each store is given only the
+    part of a batch past its own checkpoint, so a store restored from an older snapshot catches
+    up while the others skip what they already have.
     """
 
     def __init__(self, config: ProjectorConfig, stores: Sequence[Store]) -> None:
@@ -104,8 +104,8 @@ class Projector:
 
     @property
     def checkpoint(self) -> int:
-        """The last stream sequence applied to the stores."""
-        return self.stores[0].stats().checkpoint
+        """The last stream sequence applied to every store."""
+        return min(store.stats().checkpoint for store in self.stores)
 
     async def wait_for(self, seq: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until the stores cover stream sequence ``seq``; False on timeout."""
@@ -176,7 +176,7 @@ class Projector:
         batch = to_batch(fresh, self.config.log.stream)
         began = time.perf_counter()
         for store in self.stores:
-            await _apply_to(store, batch)
+            await _apply_to(store, _past(batch, store.stats().checkpoint))
         self._account(batch, fresh[-1], time.perf_counter() - began)
         progress, self._progress = self._progress, anyio.Event()
         progress.set()
@@ -192,6 +192,18 @@ class Projector:
         m.fold_seconds_max = max(m.fold_seconds_max, seconds)
         for q in batch.quarantined:
             _log.warning("set aside message %d on %s: %s", q.seq, q.subject, q.reason)
+
+
+def _past(batch: Batch, checkpoint: int) -> Batch:
+    """The part of a batch a store has not applied yet."""
+    first = min([e.seq for e in batch.events] + [q.seq for q in batch.quarantined], default=0)
+    if checkpoint < first:
+        return batch
+    return Batch(
+        events=[e for e in batch.events if e.seq > checkpoint],
+        quarantined=[q for q in batch.quarantined if q.seq > checkpoint],
+        last_seq=max(batch.last_seq, checkpoint),
+    )
 
 
 async def _apply_to(store: Store, batch: Batch) -> None:
