@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
 import click
 
 from workledger.client import DEFAULT_API, Client
@@ -206,7 +207,12 @@ def up(
 
 async def _up(config: ServiceConfig, demo_workers: int, embedded: EmbeddedNats | None) -> None:
     async with anyio.create_task_group() as tg:
-        url = await tg.start(serve, config)
+
+        async def service(*, task_status: anyio.abc.TaskStatus[str]) -> None:
+            await serve(config, task_status=task_status)
+            tg.cancel_scope.cancel()  # the service stopped (a signal): stop the demo too
+
+        url = await tg.start(service)
         if demo_workers:
             from workledger.demo import run_demo  # noqa: PLC0415 (only `up --demo` needs it)
 
