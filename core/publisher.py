@@ -7,6 +7,10 @@ with the same id, until JetStream acknowledges it. JetStream's duplicate window 
 retries exactly-once. Only a definitive answer from the server ends the retries: the event is
 then listed in :attr:`Publisher.failed` and :meth:`Publisher.flush` raises.
 
+Acks come back on our own reply inbox (``<inbox>.<key>.<attempt>``) rather than through
+nats-py's ``publish_async``, whose futures have no timeout and never resolve when JetStream
+answers with an error (see :mod:`workledger.core._acks`).
+
 The wire format is documented in :mod:`workledger.core.codec`; a service in another language
 can do the same with its own NATS client.
 """
@@ -14,7 +18,6 @@ can do the same with its own NATS client.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import threading
 import time
@@ -23,11 +26,11 @@ from types import TracebackType
 from typing import Any, Literal, NamedTuple, Self, TypeVar
 
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
-from nats.js import JetStreamContext
-from nats.js.api import PubAck
+from nats.aio.msg import Msg
+
 from workledger.core import codec
+from workledger.core._acks import Verdict, read_reply
 from workledger.core._nats_errors import describe
 from workledger.core.errors import LogError, PublishError, StreamNotFoundError
 from workledger.core.events import Event
@@ -41,16 +44,7 @@ _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
 _ENCODERS = {"json": codec.encode_json, "msgpack": codec.encode_msgpack}
 _MSG_ID = "Nats-Msg-Id"
-# nats-py's own in-flight semaphore leaks a slot whenever a publish raises after taking it;
-# ours is the real bound, so theirs is made too large to ever block.
-_NATS_PY_MAX_PENDING = 1 << 30
 _RETRY_BACKOFF = 0.2
-_TRANSIENT = (
-    nats.js.errors.ServiceUnavailableError,  # JetStream busy, or a leader election
-    nats.errors.TimeoutError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.OutboundBufferLimitError,
-)
 
 
 class Failure(NamedTuple):
@@ -69,7 +63,7 @@ class _Pending:
         self.event_id = event_id
         self.subject = subject
         self.data = data
-        self.attempt: asyncio.Future[PubAck] | None = None
+        self.attempt = 0  # numbers the sends; only the latest one's error counts
         self.due = 0.0  # monotonic time at which to publish (again)
         self.no_stream_since: float | None = None
         self.waiter: asyncio.Future[int] | None = None
@@ -83,6 +77,10 @@ class Publisher:
         async with Publisher(LogConfig()) as pub:
             await pub.publish(TaskStarted(task="t-1", worker="w-1"))
         # leaving the block flushes: every event is acknowledged, or an error was raised
+
+    ``max_in_flight`` bounds the events accepted but not yet acknowledged. ``ack_timeout`` is
+    how long a send waits for its ack before it is sent again (a slow ack is not a failure).
+    ``encoding`` picks the wire format; consumers accept both.
 
     **When the buffer is full** (``max_in_flight`` events accepted but not yet acknowledged),
     :meth:`publish` waits until an ack frees a slot: that is the backpressure a fast producer
@@ -113,7 +111,7 @@ class Publisher:
         self._failed: list[Failure] = []
         self._unreported: list[LogError] = []
         self._nc: Client | None = None
-        self._js: JetStreamContext | None = None
+        self._inbox = ""
         self._retrier: asyncio.Task[None] | None = None
         self._reconnects = 0
 
@@ -141,17 +139,18 @@ class Publisher:
             return
         nc = await connect(self.config)
         try:
-            js = nc.jetstream(publish_async_max_pending=_NATS_PY_MAX_PENDING)
-            await self._check_stream(js)
+            await self._check_stream(nc)
+            self._inbox = nc.new_inbox()
+            await nc.subscribe(f"{self._inbox}.*.*", cb=self._on_reply)
         except BaseException:
             await nc.close()
             raise
-        self._nc, self._js = nc, js
+        self._nc = nc
         self._retrier = asyncio.create_task(self._retry_loop(), name="workledger-publisher-retry")
 
-    async def _check_stream(self, js: JetStreamContext) -> None:
+    async def _check_stream(self, nc: Client) -> None:
         try:
-            await stream_info(js, self.config)
+            await stream_info(nc.jetstream(), self.config)
         except StreamNotFoundError:
             raise StreamNotFoundError(
                 f"stream {self.config.stream!r} does not exist on "
@@ -267,26 +266,21 @@ class Publisher:
     # --- sending and retrying ------------------------------------------------------------------
 
     async def _send(self, key: int, entry: _Pending) -> None:
-        """Publish the entry's bytes (again), replacing any earlier attempt."""
+        """Publish the entry's bytes (again); the reply comes to ``<inbox>.<key>.<attempt>``."""
         assert self._nc is not None
-        assert self._js is not None
-        if entry.attempt is not None:
-            entry.attempt.cancel()  # its ack, if it ever comes, is a duplicate
-            entry.attempt = None
         if not self._nc.is_connected:
             entry.due = 0.0  # the retry loop sends it once we are back
             return
+        entry.attempt += 1
         entry.due = time.monotonic() + self.ack_timeout
+        reply = f"{self._inbox}.{key}.{entry.attempt}"
         try:
-            attempt = await self._js.publish_async(
-                entry.subject, entry.data, headers={_MSG_ID: entry.event_id}
+            await self._nc.publish(
+                entry.subject, entry.data, reply=reply, headers={_MSG_ID: entry.event_id}
             )
         except nats.errors.Error as exc:
             _log.debug("publish of %s deferred: %s", entry.event_id, describe(exc))
             entry.due = time.monotonic() + _RETRY_BACKOFF
-            return
-        entry.attempt = attempt
-        attempt.add_done_callback(functools.partial(self._on_ack, key, entry))
 
     async def _retry_loop(self) -> None:
         """Resend what is overdue; resend everything at once after a reconnect."""
@@ -314,24 +308,24 @@ class Publisher:
 
     # --- acks ----------------------------------------------------------------------------------
 
-    def _on_ack(self, key: int, entry: _Pending, attempt: asyncio.Future[PubAck]) -> None:
-        if attempt.cancelled() or key not in self._pending:
-            return
-        exc = attempt.exception()
-        if exc is None:
-            self._settle(key, entry, attempt.result().seq)
-        elif attempt is entry.attempt:  # an older attempt's error is overtaken
-            self._on_refusal(key, entry, exc)
-
-    def _on_refusal(self, key: int, entry: _Pending, exc: BaseException) -> None:
-        """Retry what may pass later; settle the rest as failed."""
-        entry.attempt = None
-        if isinstance(exc, nats.js.errors.NoStreamResponseError):
+    async def _on_reply(self, msg: Msg) -> None:
+        """JetStream's answer to one send: settle the event, or schedule another try."""
+        key, attempt = (int(part) for part in msg.subject.rsplit(".", 2)[1:])
+        entry = self._pending.get(key)
+        if entry is None:
+            return  # already settled; this is the answer to an earlier or later send
+        status = msg.headers.get("Status") if msg.headers else None
+        reply = read_reply(msg.data, status)
+        if reply.verdict is Verdict.STORED:
+            self._settle(key, entry, reply.seq)  # whichever send it answers, the event is in
+        elif attempt != entry.attempt:
+            return  # a superseded send's error; the latest send decides
+        elif reply.verdict is Verdict.NO_STREAM:
             self._on_no_stream(key, entry)
-        elif isinstance(exc, _TRANSIENT):
+        elif reply.verdict is Verdict.RETRY:
             entry.due = time.monotonic() + _RETRY_BACKOFF
         else:
-            self._settle(key, entry, PublishError(f"event {entry.event_id}: {describe(exc)}"))
+            self._settle(key, entry, PublishError(f"event {entry.event_id}: {reply.reason}"))
 
     def _on_no_stream(self, key: int, entry: _Pending) -> None:
         """No stream answered: normal for a moment while a server restarts, final after that."""
@@ -350,8 +344,6 @@ class Publisher:
         """The event's fate is known: free its slot and tell whoever waits."""
         del self._pending[key]
         self._slots.release()
-        if entry.attempt is not None and not entry.attempt.done():
-            entry.attempt.cancel()  # a retry still in nats-py's books
         if not self._pending:
             self._idle.set()
         if isinstance(outcome, LogError):
@@ -365,7 +357,7 @@ class Publisher:
             entry.waiter.set_exception(error)  # raised to its caller, so not again by flush
             return
         if not self._unreported:  # one line per burst; flush() raises with the details
-            _log.error("events are being refused: %s (see Publisher.failed)", error)
+            _log.error("events were not stored: %s (see Publisher.failed)", error)
         self._unreported.append(error)
 
     def _raise_unreported(self) -> None:
@@ -402,7 +394,7 @@ class Publisher:
             self._retrier.cancel()
             await asyncio.gather(self._retrier, return_exceptions=True)
             self._retrier = None
-        nc, self._nc, self._js = self._nc, None, None
+        nc, self._nc = self._nc, None
         if nc is not None:
             try:
                 await nc.close()
