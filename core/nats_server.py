@@ -166,8 +166,12 @@ class EmbeddedNats:
         return argv
 
     def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
+        # Its own process group: a Ctrl-C in the terminal reaches us, not the server, so our
+        # clients can flush before we stop it.
         try:
-            return subprocess.Popen(self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+            return subprocess.Popen(
+                self._argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log, process_group=0
+            )
         except OSError as exc:
             raise NatsServerError(f"cannot run {self.binary}: {exc}") from exc
 
