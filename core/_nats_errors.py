@@ -8,6 +8,7 @@ from contextlib import contextmanager
 
 import nats.errors
 import nats.js.errors
+
 from workledger.core.errors import LogError, StreamNotFoundError
 
 __all__ = ["describe", "translated"]

@@ -25,6 +25,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig, StreamInfo
+
 from workledger.core._nats_errors import describe, translated
 from workledger.core.errors import LogError
 from workledger.core.events import Event

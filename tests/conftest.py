@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import pytest
+
 from workledger.core import codec
 from workledger.core.events import Event
 from workledger.core.log import LogConfig, connect, ensure_stream, stream_info
@@ -74,7 +75,7 @@ def read_stream() -> Callable[[LogConfig], Awaitable[list[StoredMessage]]]:
     return read_all
 
 
-def run_in_thread(func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+def run_in_thread(func: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
     """Run a coroutine function on a fresh event loop in its own thread, from sync code.
 
     A thread keeps it clear of whatever loop anyio's runner has set in the test's thread.

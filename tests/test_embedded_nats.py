@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
 from workledger.core.errors import NatsServerError
 from workledger.core.log import LogConfig, connect, ensure_stream, stream_info
 from workledger.core.nats_server import EmbeddedNats, find_nats_server
