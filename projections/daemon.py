@@ -137,7 +137,11 @@ class Projector:
     ) -> None:
         start = self.checkpoint + 1
         policy = DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL
-        consumer = ConsumerConfig(deliver_policy=policy, opt_start_seq=start if start > 1 else None)
+        consumer = ConsumerConfig(
+            deliver_policy=policy,
+            opt_start_seq=start if start > 1 else None,
+            idle_heartbeat=1.0,  # a lost consumer (server restart) is noticed in seconds
+        )
         if len(self.config.filter_subjects) > 1:
             consumer.filter_subjects = list(self.config.filter_subjects)
         subject = self.config.filter_subjects[0] if len(self.config.filter_subjects) == 1 else ""

@@ -13,6 +13,7 @@ import pytest
 from workledger.core import codec
 from workledger.core import events as ev
 from workledger.core.log import LogConfig, connect, subject_for
+from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Publisher
 from workledger.projections.daemon import Projector, ProjectorConfig
 from workledger.projections.views import TaskStatus, WorkerStatus
@@ -233,3 +234,37 @@ async def test_liveness_follows_the_one_rule_with_a_configurable_multiplier(
     assert status(55.001) is WorkerStatus.OFFLINE
     assert status(45, multiplier=2) is WorkerStatus.ONLINE
     assert status(46, multiplier=2) is WorkerStatus.OFFLINE
+
+
+@pytest.mark.slow
+async def test_the_daemon_reconnects_after_a_nats_restart_and_misses_nothing(
+    log_stream: LogConfig, nats_server: EmbeddedNats
+) -> None:
+    """The stream outlives the server process; the daemon resumes from where it was."""
+    history = fleet_history(2000, seed=11)
+    store = MemoryStore()
+    async with projecting(log_stream, store) as projector:
+        first = await publish(log_stream, history[:1000])
+        assert await projector.wait_for(first, timeout=10)
+        await anyio.to_thread.run_sync(nats_server.restart)
+        last = await publish(log_stream, history[1000:])
+        assert await projector.wait_for(last, timeout=30)
+    assert store.stats().applied == len(history)
+    assert store.read_model() == fold(history).read_model()
+
+
+def test_querying_unknown_names_does_not_grow_the_store() -> None:
+    """Lookups of pools, queues, keys, statuses and tasks that do not exist allocate nothing."""
+    store = fold(fleet_history(300, seed=2))
+    before = {name: len(value) for name, value in vars(store).items() if hasattr(value, "__len__")}
+    now = BASE + timedelta(hours=1)
+    for i in range(2000):
+        name = f"unknown-{i}"
+        store.workers(now=now, pool=name, queue=name, task_keys=[name, f"{name}-b"])
+        store.tasks(pool=name, queue=name, worker=name)
+        store.slot_holders(pool=name, queue=name)
+        store.slot_counts(pool=name)
+        store.queues(pool=name)
+        assert store.task(name) is None
+    after = {name: len(value) for name, value in vars(store).items() if hasattr(value, "__len__")}
+    assert after == before
