@@ -24,8 +24,8 @@ from workledger.projections.views import (
     SlotInterval,
     TaskStatus,
     TaskView,
-    WorkerStatus,
     WorkerSession,
+    WorkerStatus,
     WorkerView,
     WorkerWithStatus,
 )
