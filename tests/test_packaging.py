@@ -25,15 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("pyproject.toml", "README.md", "core", "stores", "projections", "interfaces")
 FORBIDDEN_TOP_LEVEL = {"core", "stores", "projections", "interfaces"}
 
-# Packages whose __init__ has no __all__ yet. Strict xfail: once one gains an __all__, its
-# test passes, the run fails as XPASS, and the entry must be deleted from this set.
-_INIT_WITHOUT_ALL = {
-    "workledger",
-    "workledger.core",
-    "workledger.projections",
-    "workledger.stores",
-}
-
 
 def public_modules() -> list[str]:
     """``workledger`` and every module under it whose dotted name has no ``_``-prefixed part."""
@@ -42,20 +33,6 @@ def public_modules() -> list[str]:
         if not any(part.startswith("_") for part in info.name.split(".")):
             names.append(info.name)
     return sorted(names)
-
-
-def _module_params() -> list[object]:
-    return [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(
-                reason=f"package {name}: __init__.py has no __all__", strict=True
-            ),
-        )
-        if name in _INIT_WITHOUT_ALL
-        else name
-        for name in public_modules()
-    ]
 
 
 # --- the public surface (fast) ----------------------------------------------------------------
@@ -73,7 +50,7 @@ def test_the_public_modules_cover_every_layer() -> None:
         assert expected in found
 
 
-@pytest.mark.parametrize("name", _module_params())
+@pytest.mark.parametrize("name", public_modules())
 def test_every_public_module_declares_its_all_and_each_name_exists(name: str) -> None:
     """STYLE #10: ``__all__`` is present, a list or tuple of unique strings, all defined."""
     module: ModuleType = importlib.import_module(name)
