@@ -1,0 +1,268 @@
+"""The DuckDB read model's tables and views, each column declared once for SQL and Arrow.
+
+Tables that mirror a view Struct (``tasks``, ``workers``, ``slot_intervals``, ...) use its field
+names as column names, so Python and SQL share one vocabulary. ``docs/duckdb.md`` describes
+every column for analysts.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pyarrow as pa
+
+__all__ = [
+    "CHECKPOINT",
+    "EVENTS",
+    "FOLD_STATE",
+    "POOLS",
+    "QUARANTINED",
+    "QUEUES",
+    "SCHEMA_VERSION",
+    "SLOT_INTERVALS",
+    "TABLES",
+    "TASKS",
+    "VIEWS",
+    "WORKERS",
+    "WORKER_SESSIONS",
+    "Table",
+]
+
+SCHEMA_VERSION = 1
+
+
+class _Type(NamedTuple):
+    sql: str
+    arrow: pa.DataType
+
+
+_TEXT = _Type("VARCHAR", pa.string())
+_TIME = _Type("TIMESTAMPTZ", pa.timestamp("us", tz="UTC"))
+_INT = _Type("INTEGER", pa.int32())
+_BIGINT = _Type("BIGINT", pa.int64())
+_DOUBLE = _Type("DOUBLE", pa.float64())
+_BOOL = _Type("BOOLEAN", pa.bool_())
+_TEXTS = _Type("VARCHAR[]", pa.list_(pa.string()))
+_LABELS = _Type("MAP(VARCHAR, VARCHAR)", pa.map_(pa.string(), pa.string()))
+_JSON = _Type("JSON", pa.string())
+_BLOB = _Type("BLOB", pa.binary())
+
+
+class Table(NamedTuple):
+    """A table: its columns in order (name → type) and the columns that identify a row."""
+
+    name: str
+    columns: dict[str, _Type]
+    key: tuple[str, ...] = ()
+
+    @property
+    def ddl(self) -> str:
+        """``CREATE TABLE IF NOT EXISTS`` with every column quoted (``at`` is reserved)."""
+        columns = [f'"{name}" {kind.sql}' for name, kind in self.columns.items()]
+        if self.key:
+            columns.append(f"PRIMARY KEY ({', '.join(self.key)})")
+        return f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(columns)})"
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        """The Arrow schema batches for this table are built with."""
+        return pa.schema([(name, kind.arrow) for name, kind in self.columns.items()])
+
+
+EVENTS = Table(
+    "events",
+    {
+        "seq": _BIGINT,
+        "id": _TEXT,
+        "type": _TEXT,
+        "at": _TIME,
+        "worker": _TEXT,
+        "task": _TEXT,
+        "pool": _TEXT,
+        "queue": _TEXT,
+        "subject": _TEXT,
+        "payload": _JSON,
+    },
+    key=("seq",),
+)
+
+TASKS = Table(
+    "tasks",
+    {
+        "task": _TEXT,
+        "status": _TEXT,
+        "pool": _TEXT,
+        "queue": _TEXT,
+        "task_key": _TEXT,
+        "stage": _TEXT,
+        "priority": _BIGINT,
+        "item": _TEXT,
+        "worker": _TEXT,
+        "submitted_at": _TIME,
+        "slot_acquired_at": _TIME,
+        "started_at": _TIME,
+        "finished_at": _TIME,
+        "updated_at": _TIME,
+        "retries": _INT,
+        "progress": _DOUBLE,
+        "message": _TEXT,
+        "error": _TEXT,
+    },
+    key=("task",),
+)
+
+WORKERS = Table(
+    "workers",
+    {
+        "worker": _TEXT,
+        "pool": _TEXT,
+        "queues": _TEXTS,
+        "task_keys": _TEXTS,
+        "slots": _INT,
+        "heartbeat_interval": _DOUBLE,
+        "labels": _LABELS,
+        "host": _TEXT,
+        "pid": _BIGINT,
+        "started_at": _TIME,
+        "stopped_at": _TIME,
+        "stop_reason": _TEXT,
+        "last_seen": _TIME,
+        "stopped": _BOOL,
+    },
+    key=("worker",),
+)
+
+SLOT_INTERVALS = Table(
+    "slot_intervals",
+    {
+        "task": _TEXT,
+        "attempt": _INT,
+        "worker": _TEXT,
+        "pool": _TEXT,
+        "queue": _TEXT,
+        "task_key": _TEXT,
+        "stage": _TEXT,
+        "acquired_at": _TIME,
+        "started_at": _TIME,
+        "released_at": _TIME,
+        "ended": _TEXT,
+    },
+    key=("task", "attempt"),
+)
+
+WORKER_SESSIONS = Table(
+    "worker_sessions",
+    {
+        "worker": _TEXT,
+        "pool": _TEXT,
+        "queues": _TEXTS,
+        "task_keys": _TEXTS,
+        "slots": _INT,
+        "heartbeat_interval": _DOUBLE,
+        "started_at": _TIME,
+        "stopped_at": _TIME,
+        "next_started_at": _TIME,
+        "last_seen": _TIME,
+    },
+)
+
+POOLS = Table(
+    "pools",
+    {
+        "pool": _TEXT,
+        "concurrency_limit": _BIGINT,
+        "paused": _BOOL,
+        "created_at": _TIME,
+        "updated_at": _TIME,
+    },
+    key=("pool",),
+)
+
+QUEUES = Table(
+    "queues",
+    {
+        "pool": _TEXT,
+        "queue": _TEXT,
+        "priority": _BIGINT,
+        "concurrency_limit": _BIGINT,
+        "paused": _BOOL,
+        "created_at": _TIME,
+        "updated_at": _TIME,
+    },
+    key=("pool", "queue"),
+)
+
+QUARANTINED = Table(
+    "quarantined",
+    {"seq": _BIGINT, "subject": _TEXT, "reason": _TEXT, "data": _BLOB, "size": _BIGINT},
+    key=("seq",),
+)
+
+FOLD_STATE = Table(
+    "fold_state",
+    {"kind": _TEXT, "key": _TEXT, "events": _BLOB},
+    key=("kind", "key"),
+)
+
+CHECKPOINT = Table(
+    "checkpoint",
+    {
+        "id": _INT,
+        "checkpoint": _BIGINT,
+        "applied": _BIGINT,
+        "quarantined": _BIGINT,
+        "schema_version": _INT,
+    },
+    key=("id",),
+)
+
+TABLES = (
+    EVENTS,
+    TASKS,
+    WORKERS,
+    SLOT_INTERVALS,
+    WORKER_SESSIONS,
+    POOLS,
+    QUEUES,
+    QUARANTINED,
+    FOLD_STATE,
+    CHECKPOINT,
+)
+
+# Views answer the common questions; none reads the clock, so each means the same at any time.
+VIEWS = {
+    "active_slot_holders": """
+        SELECT t.task, t.status, COALESCE(t.pool, w.pool) AS pool, t.queue, t.worker,
+               t.slot_acquired_at AS since
+        FROM tasks t LEFT JOIN workers w ON t.pool IS NULL AND w.worker = t.worker
+        WHERE t.status IN ('PENDING', 'RUNNING')""",
+    "slot_counts": """
+        SELECT pool, NULL::VARCHAR AS queue, count(*) AS held
+        FROM active_slot_holders GROUP BY pool
+        UNION ALL
+        SELECT pool, queue, count(*) AS held
+        FROM active_slot_holders WHERE queue IS NOT NULL GROUP BY pool, queue""",
+    "worker_slots": """
+        SELECT w.worker, w.pool, w.slots,
+               coalesce(len(h.tasks), 0)::INTEGER AS held,
+               greatest(w.slots - coalesce(len(h.tasks), 0), 0)::INTEGER AS free_slots,
+               coalesce(h.tasks, []::VARCHAR[]) AS tasks,
+               w.stopped, w.last_seen, w.heartbeat_interval,
+               w.last_seen + to_microseconds((w.heartbeat_interval * 3e6)::BIGINT)
+                   AS online_until
+        FROM workers w LEFT JOIN (
+            SELECT worker, list(task ORDER BY task) AS tasks FROM tasks
+            WHERE status IN ('PENDING', 'RUNNING') AND worker IS NOT NULL GROUP BY worker
+        ) h USING (worker)""",
+    "task_durations": """
+        SELECT task, status, pool, queue, task_key, stage, worker, retries,
+               submitted_at, started_at, finished_at,
+               epoch(started_at - submitted_at) AS wait_seconds,
+               epoch(finished_at - started_at) AS run_seconds,
+               epoch(finished_at - submitted_at) AS total_seconds
+        FROM tasks WHERE finished_at IS NOT NULL""",
+    "pool_occupancy": """
+        SELECT p.pool, p.concurrency_limit, p.paused, coalesce(c.held, 0) AS held,
+               p.concurrency_limit - coalesce(c.held, 0) AS headroom
+        FROM pools p LEFT JOIN slot_counts c ON c.pool = p.pool AND c.queue IS NULL""",
+}
