@@ -8,13 +8,14 @@ store to the in-memory reference implementation).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
 import msgspec
 
 from workledger.core.events import Event
 from workledger.projections.liveness import DEFAULT_MULTIPLIER
+from workledger.projections.utilization import Grouping, UtilizationRow
 from workledger.projections.views import (
     PoolView,
     Quarantined,
@@ -152,4 +153,28 @@ class Store(Protocol):
 
     def read_model(self) -> ReadModel:
         """Everything, canonically ordered, for comparing stores and rebuilds."""
+        ...
+
+    def utilization(
+        self,
+        *,
+        by: Grouping,
+        since: datetime,
+        until: datetime,
+        now: datetime,
+        bucket: timedelta | None = None,
+        multiplier: float = DEFAULT_MULTIPLIER,
+    ) -> list[UtilizationRow]:
+        """Busy, slot and capacity time, endings, throughput and run percentiles per group.
+
+        The semantics (window ``[since, until)`` in event time, epoch-aligned ``bucket``s or one
+        row per group, group membership, the percentile method) are defined once in
+        :mod:`workledger.projections.utilization`; every store returns exactly the rows of its
+        pure ``utilization`` function over the store's slot intervals and worker sessions, with
+        floats equal to within 1e-6 relative. Open intervals and sessions run to ``now``; a
+        session's end after its last sign of life follows the liveness rule with ``multiplier``.
+
+        :raises ValueError: for an unknown ``by``, naive times, ``since >= until`` or too many
+            buckets.
+        """
         ...

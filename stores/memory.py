@@ -12,7 +12,7 @@ import os
 import tempfile
 from collections import deque
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import msgspec
@@ -21,6 +21,7 @@ from workledger.core.errors import StoreError
 from workledger.core.events import EventType
 from workledger.projections.fold import Ledger
 from workledger.projections.liveness import DEFAULT_MULTIPLIER, liveness
+from workledger.projections.utilization import Grouping, UtilizationRow, utilization
 from workledger.projections.views import (
     PoolView,
     Quarantined,
@@ -237,6 +238,28 @@ class MemoryStore:
         """Every session of every worker (for utilization)."""
         for sessions in self._sessions.values():
             yield from sessions
+
+    def utilization(
+        self,
+        *,
+        by: Grouping,
+        since: datetime,
+        until: datetime,
+        now: datetime,
+        bucket: timedelta | None = None,
+        multiplier: float = DEFAULT_MULTIPLIER,
+    ) -> list[UtilizationRow]:
+        """Runs the reference computation over every stretch and session: linear per query."""
+        return utilization(
+            self.slot_intervals(),
+            self.worker_sessions(),
+            by=by,
+            since=since,
+            until=until,
+            now=now,
+            bucket=bucket,
+            multiplier=multiplier,
+        )
 
     def _holding(self) -> Iterable[TaskView]:
         for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
