@@ -17,6 +17,7 @@ import anyio
 import anyio.abc
 import click
 
+from workledger.cli_utilization import utilization_command
 from workledger.client import DEFAULT_API, Client
 from workledger.core.codec import decode
 from workledger.core.errors import InvalidEventError, WorkledgerError
@@ -378,3 +379,6 @@ def quarantine(api: str, as_json: bool, limit: int) -> None:
         return
     for q in found:
         click.echo(f"#{q.seq} {q.subject}: {q.reason}")
+
+
+main.add_command(utilization_command, "utilization")

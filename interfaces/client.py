@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote
 
@@ -10,6 +11,7 @@ import httpx
 import msgspec
 
 from workledger.core.errors import DaemonUnavailableError, WorkledgerError
+from workledger.projections.utilization import Grouping, UtilizationRow
 from workledger.projections.views import (
     Quarantined,
     TaskStatus,
@@ -74,6 +76,21 @@ class Client:
         """Messages set aside, newest first."""
         return self._get("/v1/quarantine", list[Quarantined], {"limit": limit})
 
+    def utilization(
+        self,
+        *,
+        by: Grouping = "pool",
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        bucket: timedelta | str | None = None,
+    ) -> list[UtilizationRow]:
+        """See :meth:`workledger.queries.Queries.utilization`; text times use the daemon's clock.
+
+        :raises WorkledgerError: with the daemon's message when a parameter is bad (HTTP 400).
+        """
+        params = _params(by=by, since=_text(since), until=_text(until), bucket=_span(bucket))
+        return self._get("/v1/utilization", list[UtilizationRow], params)
+
     def health(self, *, wait_for: int = 0, timeout: float = 0) -> Health:
         """Checkpoint and lag; with ``wait_for``, first wait until that sequence is applied."""
         params = {"wait_for": wait_for, "timeout": timeout}
@@ -100,3 +117,17 @@ class _NotFoundError(WorkledgerError):
 
 def _params(**given: Any) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v not in (None, [], ())}
+
+
+def _text(moment: datetime | str | None) -> str | None:
+    return moment.isoformat() if isinstance(moment, datetime) else moment
+
+
+def _span(width: timedelta | str | None) -> str | None:
+    """A timedelta as whole seconds (``90s``), the finest unit the API accepts."""
+    if not isinstance(width, timedelta):
+        return width
+    seconds = width.total_seconds()
+    if seconds != int(seconds) or seconds <= 0:
+        raise ValueError(f"bucket {width} must be a positive whole number of seconds")
+    return f"{int(seconds)}s"

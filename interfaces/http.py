@@ -8,10 +8,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import Litestar, Router, get
-from litestar.exceptions import NotFoundException
+from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.params import Parameter
 
+from workledger.projections.utilization import Grouping, UtilizationRow
 from workledger.projections.views import (
     PoolView,
     Quarantined,
@@ -78,6 +79,18 @@ def create_app(queries: Queries) -> Litestar:
     async def quarantine(limit: Limit = 100) -> list[Quarantined]:
         return queries.quarantined(limit=limit)
 
+    @get("/utilization", summary="Busy over capacity, throughput and run times per group")
+    async def utilization(
+        by: Grouping = "pool",
+        since: Annotated[str | None, Parameter(description="RFC 3339 or -1h")] = None,
+        until: Annotated[str | None, Parameter(description="RFC 3339 or -10m")] = None,
+        bucket: Annotated[str | None, Parameter(description="1m, 5m, 1h, 1d...")] = None,
+    ) -> list[UtilizationRow]:
+        try:
+            return queries.utilization(by=by, since=since, until=until, bucket=bucket)
+        except ValueError as exc:
+            raise ValidationException(str(exc)) from None
+
     @get("/checkpoint", summary="Wait until the read model covers a stream sequence")
     async def checkpoint(
         wait_for: Annotated[int, Parameter(ge=0)] = 0,
@@ -93,7 +106,17 @@ def create_app(queries: Queries) -> Litestar:
 
     v1 = Router(
         path="/v1",
-        route_handlers=[workers, slots, tasks, task, pools, queues, quarantine, checkpoint],
+        route_handlers=[
+            workers,
+            slots,
+            tasks,
+            task,
+            pools,
+            queues,
+            quarantine,
+            checkpoint,
+            utilization,
+        ],
     )
     return Litestar(
         route_handlers=[v1, healthz],

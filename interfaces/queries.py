@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 
 from workledger.projections.daemon import DaemonMetrics, Projector
 from workledger.projections.liveness import DEFAULT_MULTIPLIER
+from workledger.projections.utilization import (
+    Grouping,
+    UtilizationRow,
+    parse_bucket,
+    parse_time,
+)
 from workledger.projections.views import (
     PoolView,
     Quarantined,
@@ -118,6 +124,30 @@ class Queries:
         """Messages set aside, newest first."""
         return self.store.quarantined(limit=limit)
 
+    def utilization(
+        self,
+        *,
+        by: Grouping = "pool",
+        since: datetime | str | None = None,
+        until: datetime | str | None = None,
+        bucket: timedelta | str | None = None,
+    ) -> list[UtilizationRow]:
+        """Utilization per group and bucket; see :meth:`Store.utilization`.
+
+        ``until`` defaults to now and ``since`` to an hour before ``until``. Text is parsed
+        here, against this service's clock: RFC 3339, ``now``, or a span before now like
+        ``-1h``; buckets like ``5m``.
+
+        :raises ValueError: for a bad time, bucket, grouping or window, with what is expected.
+        """
+        now = self.clock()
+        end = _moment(until, now) if until is not None else now
+        start = _moment(since, now) if since is not None else end - timedelta(hours=1)
+        width = parse_bucket(bucket) if isinstance(bucket, str) else bucket
+        return self.store.utilization(
+            by=by, since=start, until=end, now=now, bucket=width, multiplier=self.multiplier
+        )
+
     def health(self) -> Health:
         """Connected and caught up enough to answer."""
         stats = self.store.stats()
@@ -130,3 +160,7 @@ class Queries:
             applied=stats.applied,
             quarantined=stats.quarantined,
         )
+
+
+def _moment(value: datetime | str, now: datetime) -> datetime:
+    return parse_time(value, now) if isinstance(value, str) else value

@@ -11,10 +11,18 @@ import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from workledger.projections.utilization import UtilizationRow
 from workledger.projections.views import TaskView, WorkerStatus, WorkerWithStatus
 from workledger.queries import Slots
 
-__all__ = ["print_json", "print_slots", "print_task", "print_tasks", "print_workers"]
+__all__ = [
+    "print_json",
+    "print_slots",
+    "print_task",
+    "print_tasks",
+    "print_utilization",
+    "print_workers",
+]
 
 _STATUS_STYLE = {
     WorkerStatus.ONLINE: "green",
@@ -107,3 +115,45 @@ def print_task(found: TaskView) -> None:
     for name, value in msgspec.structs.asdict(found).items():
         table.add_row(name, "-" if value is None else str(value))
     _console().print(table)
+
+
+def print_utilization(rows: Sequence[UtilizationRow], *, by: str) -> None:
+    """One row per group and bucket: utilization first, then the times and counts behind it."""
+    columns = ["POOL"] if by == "queue" else []
+    columns += [by.upper(), "FROM", "TO", "UTIL", "BUSY", "HELD", "CAPACITY"]
+    columns += ["DONE", "FAILED", "RETRIED", "CRASHED", "CANCELLED", "DONE/H", "P50", "P95", "OK"]
+    table = Table(*columns)
+    for r in rows:
+        cells = [r.pool or "-"] if by == "queue" else []
+        cells += [r.group or "-", _clock(r.bucket_start), _clock(r.bucket_end)]
+        cells += [_percent(r.utilization), _span(r.busy_seconds), _span(r.slot_seconds)]
+        cells.append(_span(r.capacity_seconds))
+        cells += [str(n) for n in (r.completed, r.failed, r.retried, r.crashed, r.cancelled)]
+        cells += [f"{r.throughput_per_hour:.1f}", _span(r.run_p50_seconds)]
+        cells += [_span(r.run_p95_seconds), _percent(r.success_rate)]
+        table.add_row(*cells)
+    _console().print(table)
+    _console().print(f"{len({(r.pool, r.group) for r in rows})} groups, {len(rows)} rows")
+
+
+def _clock(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _percent(fraction: float | None) -> str:
+    return "-" if fraction is None else f"{fraction:.1%}"
+
+
+def _span(seconds: float | None) -> str:
+    """``850ms``, ``42.0s``, ``12m05s``, ``3h20m``: short enough for a table cell."""
+    if seconds is None:
+        return "-"
+    if seconds == 0:
+        return "0s"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
