@@ -1,9 +1,11 @@
 """The projection daemon: read the log from the checkpoint, fold batches into stores.
 
-Structured concurrency (anyio on asyncio, since nats-py is asyncio-only): a fetcher task reads
-an ordered JetStream consumer into a bounded memory stream; the folder drains whatever is ready
-into one batch, decodes it, sets malformed messages aside, and applies the batch to every store
-with its checkpoint. Under load batches grow; at idle each message is applied at once.
+Structured concurrency (anyio on asyncio, since nats-py is asyncio-only): an ordered JetStream
+consumer's callback appends each message to a bounded inbox; the folder task takes whatever has
+arrived as one batch, decodes it, sets malformed messages aside, and applies the batch to every
+store with its checkpoint. While a batch is applied the next one accumulates, so batches grow
+with load (up to ``max_batch``) and an idle daemon applies a message as soon as it arrives.
+(A memory object stream between the two cost one event-loop hop per message: 5x slower.)
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,7 +21,6 @@ from typing import Any
 import anyio
 import msgspec
 from anyio.abc import TaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from workledger.core.codec import decode, stamp
@@ -101,6 +103,9 @@ class Projector:
         self.stores = list(stores)
         self.metrics = DaemonMetrics()
         self._progress = anyio.Event()
+        self._inbox: deque[Any] = deque()
+        self._arrived = anyio.Event()
+        self._drained = anyio.Event()
 
     @property
     def checkpoint(self) -> int:
@@ -122,19 +127,18 @@ class Projector:
             js = nc.jetstream()
             await ensure_stream(js, self.config.log)
             self.metrics.connected = True
-            send, receive = anyio.create_memory_object_stream[Any](self.config.buffer)
             async with anyio.create_task_group() as tg:
-                await tg.start(self._fetch, js, send)
-                tg.start_soon(self._fold, receive)
+                tg.start_soon(self._fold)
+                await self._subscribe(js)
                 task_status.started()
         finally:
             self.metrics.connected = False
             with anyio.CancelScope(shield=True):
                 await nc.close()
 
-    async def _fetch(
-        self, js: Any, send: MemoryObjectSendStream[Any], *, task_status: TaskStatus[None]
-    ) -> None:
+    async def _subscribe(self, js: Any) -> None:
+        """An ordered consumer from the checkpoint; nats-py resets it from the last sequence
+        it delivered whenever it notices a gap or a lost consumer."""
         start = self.checkpoint + 1
         policy = DeliverPolicy.BY_START_SEQUENCE if start > 1 else DeliverPolicy.ALL
         consumer = ConsumerConfig(
@@ -145,32 +149,33 @@ class Projector:
         if len(self.config.filter_subjects) > 1:
             consumer.filter_subjects = list(self.config.filter_subjects)
         subject = self.config.filter_subjects[0] if len(self.config.filter_subjects) == 1 else ""
-        sub = await js.subscribe(
+        await js.subscribe(
             subject or f"{self.config.log.subject_prefix}.>",
             stream=self.config.log.stream,
             ordered_consumer=True,
             config=consumer,
-            pending_msgs_limit=self.config.buffer * 4,
+            cb=self._receive,
         )
-        task_status.started()
-        async with send:
-            try:
-                async for msg in sub.messages:
-                    await send.send(msg)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await sub.unsubscribe()
 
-    async def _fold(self, receive: MemoryObjectReceiveStream[Any]) -> None:
-        async with receive:
-            async for first in receive:
-                messages = [first]
-                while len(messages) < self.config.max_batch:
-                    try:
-                        messages.append(receive.receive_nowait())
-                    except anyio.WouldBlock:
-                        break
-                await self._apply(messages)
+    async def _receive(self, msg: Any) -> None:
+        """Called by nats-py for each message, in order. Appending is all it does, so messages
+        pile up into large batches while a batch is being applied; a full inbox makes it wait,
+        which stops delivery (flow control then holds the rest on the server)."""
+        self._inbox.append(msg)
+        self._arrived.set()
+        while len(self._inbox) >= self.config.buffer:
+            await self._drained.wait()
+
+    async def _fold(self) -> None:
+        inbox, max_batch = self._inbox, self.config.max_batch
+        while True:
+            await self._arrived.wait()
+            self._arrived = anyio.Event()
+            while inbox:
+                batch = [inbox.popleft() for _ in range(min(len(inbox), max_batch))]
+                await self._apply(batch)
+                drained, self._drained = self._drained, anyio.Event()
+                drained.set()
 
     async def _apply(self, messages: list[Any]) -> None:
         done = self.checkpoint
