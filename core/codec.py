@@ -11,7 +11,13 @@ from datetime import UTC, datetime
 import msgspec
 
 from workledger.core.errors import InvalidEventError
-from workledger.core.events import Event, EventType, event_types, new_event_id
+from workledger.core.events import (
+    SCHEMA_VERSION,
+    Event,
+    EventType,
+    event_types,
+    new_event_id,
+)
 
 __all__ = ["decode", "encode_json", "encode_msgpack", "stamp"]
 
@@ -48,6 +54,11 @@ def decode(data: bytes | memoryview, *, json_only: bool = False) -> Event:
         event: Event = (_json_decoder if is_json else _msgpack_decoder).decode(data)
     except msgspec.DecodeError as exc:
         raise InvalidEventError(_reason(data, is_json, exc)) from None
+    if event.v > SCHEMA_VERSION:
+        raise InvalidEventError(
+            f"{event.type} has schema version {event.v}; this workledger understands up to "
+            f"{SCHEMA_VERSION} (upgrade the daemon, then rebuild to apply it)"
+        )
     return event
 
 

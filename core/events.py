@@ -1,7 +1,9 @@
 """The event model: one tagged union of frozen msgspec Structs.
 
 A tag in the log is permanent. New fields come with defaults; a field never changes type; a
-breaking change gets a new ``v`` and an upcaster in :mod:`workledger.core.codec`.
+breaking change gets a new ``v`` and an upcaster in :mod:`workledger.core.codec` (there is none
+yet: every type is at v1, and an event with a newer ``v`` than the daemon knows is set aside
+with that reason, so upgrading the daemon and rebuilding applies it later).
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ Precedence rules, after celery's ``events/state.py`` but made order-free:
 - a terminal event (completed, failed, cancelled, crashed) wins over anything else;
 - ``task.retrying`` closes the current slot stretch; claims and starts before it no longer count;
 - within the current stretch, started beats claimed whatever their times say (producer clocks
-  drift), so a late ``started`` never turns RUNNING back into PENDING and never undoes a terminal.
+  drift), so a late ``claimed`` never turns RUNNING back into PENDING and never undoes a terminal.
 """
 
 from __future__ import annotations

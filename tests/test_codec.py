@@ -1,0 +1,62 @@
+"""The wire codecs: what decodes, what is refused, and why."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+
+from workledger.core import codec
+from workledger.core.errors import InvalidEventError
+from workledger.core.events import Event, event_types
+
+from .histories import histories
+
+
+@settings(max_examples=100)
+@given(history=histories(max_size=20))
+def test_every_event_round_trips_through_json_and_msgpack(history: list[Event]) -> None:
+    """Both formats decode back to the same event, and the format is sniffed, not declared."""
+    for event in history:
+        assert codec.decode(codec.encode_json(event)) == event
+        assert codec.decode(codec.encode_msgpack(event)) == event
+
+
+def test_every_event_type_has_a_tag_in_the_union() -> None:
+    """17 types, each with a family.verb tag."""
+    tags = set(event_types())
+    assert len(tags) == 17
+    assert all(tag.count(".") == 1 for tag in tags)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty message"),
+        (b'{"type": "worker.teleported"}', "unknown event type 'worker.teleported'"),
+        (b'{"worker": "w"}', "missing event type"),
+        (b'{"type": "worker.heartbeat", "worker": "w", "pool": "p", "v": 2}', "schema version 2"),
+        (b'{"type": "worker.heartbeat", "worker": "w", "pool": 5}', "Expected `str`"),
+        (b'{"type": "worker.heartbeat", "worker": "", "pool": "p"}', "length >= 1"),
+        (b'{"type": "task.failed", "task": "t", "at": "yesterday"}', "datetime"),
+        (b"[1, 2, 3]", "not a JSON event object"),
+        (b"\x93\x01\x02\x03", "not a msgpack event object"),
+    ],
+)
+def test_a_bad_message_is_refused_with_a_reason_a_producer_can_act_on(
+    data: bytes, reason: str
+) -> None:
+    """The reason names the problem and where it is."""
+    with pytest.raises(InvalidEventError, match=reason.replace("(", r"\(").replace("`", ".")):
+        codec.decode(data)
+
+
+def test_stamp_fills_id_and_time_and_normalises_to_utc() -> None:
+    """A missing id becomes a UUIDv7, a missing time the publish time, any offset UTC."""
+    raw = b'{"type": "task.completed", "task": "t", "at": "2026-01-01T02:00:00+02:00"}'
+    event = codec.stamp(codec.decode(raw))
+    assert len(event.id) == 36
+    assert event.at is not None
+    assert event.at.isoformat() == "2026-01-01T00:00:00+00:00"
+    assert codec.stamp(event) is event
+    assert msgspec.json.decode(codec.encode_json(event))["at"] == "2026-01-01T00:00:00Z"
