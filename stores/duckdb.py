@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from workledger.core.errors import StoreError
 from workledger.core.events import EventType
 from workledger.projections.fold import Ledger
 from workledger.projections.liveness import DEFAULT_MULTIPLIER, liveness
+from workledger.projections.utilization import Grouping, UtilizationRow
 from workledger.projections.views import (
     PoolView,
     Quarantined,
@@ -48,9 +49,10 @@ from workledger.projections.views import (
 )
 from workledger.stores import _duckdb_rows as rows
 from workledger.stores import _duckdb_schema as schema
+from workledger.stores._duckdb_utilization import utilization_sql
 from workledger.stores.base import Batch, ReadModel, Sequenced, StoreStats
 
-__all__ = ["DuckDBStore"]
+__all__ = ["DuckDBStore", "check_unlocked"]
 
 _S = TypeVar("_S")
 _events = msgspec.msgpack.Decoder(list[EventType])
@@ -69,6 +71,7 @@ class DuckDBStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._ledger = Ledger()
+        self._closed = False
         try:
             with self._translated("open"):
                 if not read_only:
@@ -76,13 +79,27 @@ class DuckDBStore:
                 self._stats = self._read_stats()
                 self._restore()
         except BaseException:
-            self.close()
+            self._release()
             raise
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close every cursor and the file (releasing its lock)."""
+        """Fold the write-ahead log into the file, then close it (releasing its lock).
+
+        After ``close`` the file alone holds everything, so it can be copied or renamed.
+        """
+        if self._closed:
+            return
+        try:
+            if not self.read_only:
+                with self._translated("checkpoint"):
+                    self._cursor().execute("CHECKPOINT")
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        self._closed = True
         with self._lock:
             for cursor in self._cursors:
                 cursor.close()
@@ -266,6 +283,28 @@ class DuckDBStore:
         sql = "SELECT * FROM worker_sessions ORDER BY worker, started_at, rowid"
         return self._select(WorkerSession, sql)
 
+    def utilization(
+        self,
+        *,
+        by: Grouping,
+        since: datetime,
+        until: datetime,
+        now: datetime,
+        bucket: timedelta | None = None,
+        multiplier: float = DEFAULT_MULTIPLIER,
+    ) -> list[UtilizationRow]:
+        """One SQL query over ``slot_intervals`` and ``worker_sessions``; nothing loaded."""
+        with self._translated("compute utilization"):
+            return utilization_sql(
+                self._cursor(),
+                by=by,
+                since=since,
+                until=until,
+                now=now,
+                bucket=bucket,
+                multiplier=multiplier,
+            )
+
     # --- plumbing ----------------------------------------------------------------------------
 
     def _select(self, kind: type[_S], sql: str, params: Sequence[object] = ()) -> list[_S]:
@@ -315,6 +354,15 @@ class DuckDBStore:
             yield
         except duckdb.Error as exc:
             raise StoreError(f"DuckDB file {self.path}: cannot {action}: {exc}") from exc
+
+
+def check_unlocked(path: Path) -> None:
+    """Check no other process holds ``path`` open (e.g. a running daemon).
+
+    :raises StoreError: if it is locked or is not a DuckDB file.
+    """
+    if path.exists():
+        _connect(path, read_only=True).close()
 
 
 def _connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:

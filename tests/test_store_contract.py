@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from workledger.core import events as ev
+from workledger.projections.utilization import GROUPINGS
 from workledger.projections.views import Quarantined, TaskStatus, WorkerStatus
 from workledger.stores.base import Batch, Sequenced, Store
 from workledger.stores.duckdb import DuckDBStore
@@ -363,6 +364,28 @@ def test_a_store_given_a_batch_again_or_out_of_order_history_loses_nothing(
     shuffled = make_store()
     shuffled.apply(batch(data.draw(st.permutations(history))))
     assert shuffled.read_model() == reference([batch(history)]).read_model()
+
+
+@settings(_PROPERTY, max_examples=15)
+@given(case=batched(), bucket=st.sampled_from([None, timedelta(minutes=2)]))
+def test_every_store_gives_the_references_utilization_on_any_history(
+    make_store: MakeStore, case: tuple[list[ev.Event], list[Batch]], bucket: timedelta | None
+) -> None:
+    """Busy, slot and capacity time and the counts agree, floats within 1e-6 relative."""
+    _, batches = case
+    store, expected = make_store(), reference(batches)
+    for each in batches:
+        store.apply(each)
+    for by in GROUPINGS:
+        window = {"since": t(60), "until": t(660), "now": t(700), "bucket": bucket, "by": by}
+        found = [_approx(row) for row in store.utilization(**window)]
+        assert found == list(map(_approx, expected.utilization(**window)))
+
+
+def _approx(row: msgspec.Struct) -> dict[str, object]:
+    """A row whose floats compare within 1e-6 relative, everything else exactly."""
+    fields = msgspec.structs.asdict(row)
+    return {k: pytest.approx(v, rel=1e-6) if isinstance(v, float) else v for k, v in fields.items()}
 
 
 # --- durable stores ----------------------------------------------------------------------------

@@ -1,0 +1,182 @@
+"""What only the DuckDB store promises: its file, its tables and views, its errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import msgspec
+import pytest
+
+from workledger.core.errors import StoreError
+from workledger.core.events import EventType
+from workledger.projections.views import (
+    PoolView,
+    Quarantined,
+    QueueView,
+    SlotInterval,
+    TaskView,
+    WorkerSession,
+    WorkerView,
+)
+from workledger.stores import duckdb as duckdb_store
+from workledger.stores.duckdb import DuckDBStore, check_unlocked
+from workledger.stores.memory import MemoryStore
+
+from .test_store_contract import batch, fleet, t
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    """Where the test's DuckDB file lives."""
+    return tmp_path / "ledger.duckdb"
+
+
+@pytest.fixture
+def sql(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The fleet written to ``path`` and closed, then the file opened as an analyst would."""
+    with DuckDBStore(path) as store:
+        store.apply(batch(fleet()))
+    con = duckdb.connect(str(path), read_only=True)
+    con.execute("SET TimeZone = 'UTC'")
+    yield con
+    con.close()
+
+
+@pytest.mark.parametrize(
+    ("table", "struct"),
+    [
+        ("tasks", TaskView),
+        ("workers", WorkerView),
+        ("slot_intervals", SlotInterval),
+        ("worker_sessions", WorkerSession),
+        ("pools", PoolView),
+        ("queues", QueueView),
+        ("quarantined", Quarantined),
+    ],
+)
+def test_tables_name_their_columns_after_the_view_fields(
+    sql: duckdb.DuckDBPyConnection, table: str, struct: type[msgspec.Struct]
+) -> None:
+    """Python and SQL share one vocabulary: column names are the Struct's field names."""
+    columns = [row[0] for row in sql.execute(f"DESCRIBE {table}").fetchall()]
+    assert columns == list(struct.__struct_fields__)
+
+
+def test_the_events_table_keeps_every_event_with_its_sequence_and_payload(
+    sql: duckdb.DuckDBPyConnection,
+) -> None:
+    """Raw events are there for questions nobody planned; the payload is the wire JSON."""
+    found = sql.execute('SELECT seq, type, "at", task, payload FROM events ORDER BY seq').fetchall()
+    assert [row[0] for row in found] == list(range(1, len(fleet()) + 1))
+    for (_, kind, moment, task, payload), event in zip(found, fleet(), strict=True):
+        assert (kind, moment, task) == (event.type, event.at, getattr(event, "task", None))
+        assert msgspec.json.decode(payload, type=EventType) == event
+
+
+def test_the_views_answer_the_common_questions_like_the_queries(
+    sql: duckdb.DuckDBPyConnection,
+) -> None:
+    """active_slot_holders, slot_counts and worker_slots agree with the store's answers."""
+    reference = MemoryStore()
+    reference.apply(batch(fleet()))
+    holders = sql.execute(
+        "SELECT task, pool, queue, worker FROM active_slot_holders ORDER BY task"
+    ).fetchall()
+    expected = sorted((h.task, h.pool, h.queue, h.worker) for h in reference.slot_holders())
+    assert holders == expected
+    counts = sql.execute("SELECT pool, queue, held FROM slot_counts").fetchall()
+    assert sorted(counts, key=str) == sorted(
+        [(c.pool, c.queue, c.held) for c in reference.slot_counts()], key=str
+    )
+    slots = dict(sql.execute("SELECT worker, free_slots FROM worker_slots").fetchall())
+    assert slots == {w.worker.worker: w.free_slots for w in reference.workers(now=t(0))}
+    online_until = sql.execute("SELECT online_until FROM worker_slots WHERE worker = 'c1'")
+    assert online_until.fetchone() == (t(19) + timedelta(seconds=15),)
+
+
+def test_task_durations_measure_wait_and_run_of_finished_tasks(
+    sql: duckdb.DuckDBPyConnection,
+) -> None:
+    """Only finished tasks; run time is started to finished (NULL if it never started)."""
+    rows = sql.execute("SELECT task, status, wait_seconds, total_seconds FROM task_durations")
+    assert rows.fetchall() == [("c", "COMPLETED", None, 5.0)]
+
+
+def test_a_failed_write_changes_nothing_and_the_next_attempt_catches_up(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """All or nothing: a failure after the rows, before the checkpoint, leaves the old state."""
+    history = fleet()
+    store = DuckDBStore(path)
+    store.apply(batch(history[:10]))
+    before = (store.read_model(), store.stats())
+    real = duckdb_store._write_rows
+
+    def fail_after_rows(cursor: duckdb.DuckDBPyConnection) -> None:
+        real(cursor)
+        raise duckdb.IOException("disk full")
+
+    monkeypatch.setattr(duckdb_store, "_write_rows", fail_after_rows)
+    with pytest.raises(StoreError, match="disk full"):
+        store.apply(batch(history[10:], 11))
+    assert (store.read_model(), store.stats()) == before
+    monkeypatch.undo()
+    store.apply(batch(history[10:], 11))
+    store.close()
+    reference = MemoryStore()
+    reference.apply(batch(history))
+    with DuckDBStore(path) as reopened:
+        assert (reopened.read_model(), reopened.stats()) == (
+            reference.read_model(),
+            reference.stats(),
+        )
+
+
+def test_a_file_held_by_another_process_is_refused_with_a_clear_message(path: Path) -> None:
+    """DuckDB's lock error becomes a StoreError that says what to do."""
+    DuckDBStore(path).close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import duckdb,sys; c = duckdb.connect({str(path)!r}); "
+            "print('open', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "open"
+        with pytest.raises(StoreError, match="locked by another process"):
+            DuckDBStore(path, read_only=True)
+        with pytest.raises(StoreError, match="locked by another process"):
+            check_unlocked(path)
+    finally:
+        holder.communicate("")
+
+
+def test_a_file_that_is_not_a_duckdb_database_is_a_store_error(path: Path) -> None:
+    """Any DuckDB failure reaches callers as StoreError, never a duckdb type."""
+    path.write_bytes(b"not a database" * 1000)
+    with pytest.raises(StoreError, match=str(path)):
+        DuckDBStore(path)
+
+
+def test_read_only_opens_an_existing_file_for_queries_and_refuses_writes(path: Path) -> None:
+    """Analysts open a stopped daemon's file read-only; it restores the same model."""
+    with pytest.raises(StoreError, match="no DuckDB file"):
+        DuckDBStore(path, read_only=True)
+    with DuckDBStore(path) as store:
+        store.apply(batch(fleet()))
+        model = store.read_model()
+    with DuckDBStore(path, read_only=True) as reader:
+        assert reader.read_model() == model
+        with pytest.raises(StoreError, match="read-only"):
+            reader.apply(batch(fleet(), 100))
