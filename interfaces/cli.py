@@ -17,6 +17,8 @@ import anyio
 import anyio.abc
 import click
 
+from workledger._options import log_config as _log_config
+from workledger._options import log_options as _log_options
 from workledger.cli_utilization import utilization_command
 from workledger.client import DEFAULT_API, Client
 from workledger.core.codec import decode
@@ -27,42 +29,13 @@ from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Publisher
 from workledger.projections.daemon import ProjectorConfig
 from workledger.projections.views import TaskStatus, WorkerStatus
+from workledger.rebuild import rebuild_command
 from workledger.render import print_json, print_slots, print_task, print_tasks, print_workers
 from workledger.service import ServiceConfig, serve
 
 __all__ = ["main"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _log_options(func: _F) -> _F:
-    """--nats, --stream and --subject-prefix, shared by every command that talks to NATS."""
-    options = [
-        click.option(
-            "--nats",
-            "servers",
-            multiple=True,
-            envvar="WORKLEDGER_NATS",
-            help="NATS server URL (repeat for a cluster).",
-        ),
-        click.option(
-            "--stream",
-            default="WORKLEDGER",
-            envvar="WORKLEDGER_STREAM",
-            show_default=True,
-            help="JetStream stream name.",
-        ),
-        click.option(
-            "--subject-prefix",
-            default="workledger",
-            show_default=True,
-            envvar="WORKLEDGER_SUBJECT_PREFIX",
-            help="First token of every subject.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
 
 
 def _api_option(func: _F) -> _F:
@@ -74,13 +47,6 @@ def _api_option(func: _F) -> _F:
         show_default=True,
         help="Base URL of a running daemon.",
     )(func)
-
-
-def _log_config(servers: tuple[str, ...], stream: str, subject_prefix: str) -> LogConfig:
-    defaults = LogConfig()
-    return LogConfig(
-        servers=servers or defaults.servers, stream=stream, subject_prefix=subject_prefix
-    )
 
 
 @click.group()
@@ -381,4 +347,5 @@ def quarantine(api: str, as_json: bool, limit: int) -> None:
         click.echo(f"#{q.seq} {q.subject}: {q.reason}")
 
 
+main.add_command(rebuild_command, "rebuild")
 main.add_command(utilization_command, "utilization")

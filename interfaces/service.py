@@ -3,6 +3,13 @@
 ``serve`` is what ``workledger project`` runs. SIGTERM or SIGINT stops the API first, then the
 projector, and always writes a final snapshot (shielded) so a restart resumes where it stopped.
 A SIGKILL loses at most the work since the last snapshot, which is replayed from the log.
+
+With a state directory the daemon folds into two stores: the in-memory one that answers the
+API, and a DuckDB file for analysts and durable history. Each restarts on its own: the memory
+store from its snapshot, DuckDB from its file (checkpoint in the same transaction as its rows).
+The projector resumes after the lower checkpoint and gives each store only what it lacks, so
+they converge without either loading from the other: the simplest design that is correct
+after a kill at any instant (a memory snapshot older than DuckDB's checkpoint just catches up).
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from workledger.http import create_app
 from workledger.projections.daemon import Projector, ProjectorConfig
 from workledger.projections.liveness import DEFAULT_MULTIPLIER
 from workledger.queries import Queries
+from workledger.stores.base import Store
+from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
 
 __all__ = ["ServiceConfig", "run", "serve"]
@@ -39,6 +48,7 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
     state_dir: Path | None = None
     snapshot_interval: float = 5.0
     multiplier: float = DEFAULT_MULTIPLIER
+    duckdb_path: Path | None = None  # None: <state_dir>/<stream>.duckdb (see ``duckdb_file``)
 
     @property
     def snapshot_path(self) -> Path | None:
@@ -46,6 +56,15 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.state_dir is None:
             return None
         return self.state_dir / f"{self.projector.log.stream}.memory.snapshot"
+
+    @property
+    def duckdb_file(self) -> Path | None:
+        """``duckdb_path`` if given; else one file per stream in ``state_dir`` (the snapshot's
+        reason: two streams must never share a checkpoint); without either, no DuckDB store.
+        """
+        if self.duckdb_path is not None or self.state_dir is None:
+            return self.duckdb_path
+        return self.state_dir / f"{self.projector.log.stream}.duckdb"
 
 
 class _Server(uvicorn.Server):
@@ -79,7 +98,9 @@ async def serve(
 ) -> None:
     """Run until cancelled; ``task_status.started`` receives the API's base URL."""
     store = _open_store(config)
-    projector = Projector(config.projector, [store])
+    duck = DuckDBStore(config.duckdb_file) if config.duckdb_file is not None else None
+    stores: list[Store] = [store] if duck is None else [store, duck]
+    projector = Projector(config.projector, stores)
     app = create_app(Queries(store, projector=projector, multiplier=config.multiplier))
     server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     sock = _bind(config.host, config.port)
@@ -93,6 +114,8 @@ async def serve(
             task_status.started(f"http://{host}:{port}")
     finally:
         _save(store, config)  # synchronous, so cancellation cannot cut it short
+        if duck is not None:
+            duck.close()  # its last batch is committed: the task group waited for the thread
 
 
 async def _serve_http(

@@ -1,0 +1,124 @@
+"""Rebuild: replay the whole stream into a fresh DuckDB file, then swap it in.
+
+The log is the only source of truth, so a rebuilt file equals the one a live daemon wrote (same
+fold, same events). It is built beside the target under a temporary name and renamed over it
+only when complete, so a half-built file never replaces a good one. A target held open by a
+running daemon is refused before any work: stop the daemon, or rebuild to another path.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import anyio
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from workledger._options import log_config, log_options
+from workledger.core.errors import StoreError, WorkledgerError
+from workledger.core.log import LogConfig, connect, stream_info
+from workledger.projections.daemon import Projector, ProjectorConfig
+from workledger.stores.base import StoreStats
+from workledger.stores.duckdb import DuckDBStore, check_unlocked
+
+__all__ = ["rebuild", "rebuild_command"]
+
+
+async def rebuild(log_config: LogConfig, duckdb_path: Path, *, progress: bool = True) -> StoreStats:
+    """Replay the stream, up to its last sequence when called, into a new file at ``duckdb_path``.
+
+    :raises StreamNotFoundError: if the stream does not exist.
+    :raises StoreError: if the target is locked or the file cannot be written.
+    """
+    check_unlocked(duckdb_path)
+    last = await _last_seq(log_config)
+    building = duckdb_path.with_name(f".{duckdb_path.name}.rebuild-{os.getpid()}")
+    try:
+        with DuckDBStore(building) as store:
+            await _replay(log_config, store, last, progress)
+            stats = store.stats()
+        _swap(building, duckdb_path)
+    finally:
+        for leftover in (building, _wal(building)):
+            leftover.unlink(missing_ok=True)
+    return stats
+
+
+async def _last_seq(config: LogConfig) -> int:
+    client = await connect(config)
+    try:
+        return int((await stream_info(client.jetstream(), config)).state.last_seq)
+    finally:
+        await client.close()
+
+
+async def _replay(config: LogConfig, store: DuckDBStore, last: int, progress: bool) -> None:
+    """Run the daemon's own projector on the one store until it covers ``last``."""
+    projector = Projector(ProjectorConfig(log=config), [store])
+    async with anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        with _progress_bar(progress, last) as advance:
+            while projector.checkpoint < last:
+                await projector.wait_for(projector.checkpoint + 1)
+                advance(projector.checkpoint)
+        tg.cancel_scope.cancel()
+
+
+@contextmanager
+def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
+    """A bar on stderr (stdout stays for the summary), or nothing."""
+    if not enabled:
+        yield lambda _: None
+        return
+    columns = (TextColumn("replaying"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task("events", total=total)
+        yield lambda done: bar.update(task, completed=min(done, total))
+
+
+def _swap(built: Path, target: Path) -> None:
+    """Rename the finished file over the target; the old file's WAL must not outlive it."""
+    if _wal(built).exists():
+        raise StoreError(f"{built} still has a write-ahead log after closing; not swapping it in")
+    try:
+        _wal(target).unlink(missing_ok=True)
+        built.replace(target)
+    except OSError as exc:
+        raise StoreError(f"cannot move the rebuilt file to {target}: {exc}") from exc
+
+
+def _wal(path: Path) -> Path:
+    return path.with_name(path.name + ".wal")
+
+
+@click.command()
+@click.option(
+    "--duckdb",
+    "duckdb_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    envvar="WORKLEDGER_DUCKDB",
+    help="The DuckDB file to (re)create; replaced only once the rebuild is complete.",
+)
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@log_options
+def rebuild_command(
+    servers: tuple[str, ...], stream: str, subject_prefix: str, duckdb_path: Path, progress: bool
+) -> None:
+    """Replay the whole stream into a fresh DuckDB file (stop the daemon that writes it first)."""
+    config = log_config(servers, stream, subject_prefix)
+    try:
+        stats = anyio.run(
+            functools.partial(rebuild, config, duckdb_path, progress=progress), backend="asyncio"
+        )
+    except WorkledgerError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(
+        f"rebuilt {duckdb_path}: {stats.applied} events up to stream sequence "
+        f"{stats.checkpoint}, {stats.quarantined} set aside"
+    )
