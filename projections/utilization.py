@@ -214,9 +214,14 @@ class Window:
         lo, hi = max(start, self.since), min(end, self.until)
         if hi <= lo:
             return
-        for index in range(self.index(lo), self.index(hi - 1) + 1):
-            b_start, b_end = self.bounds(index)
-            yield index, min(hi, b_end) - max(lo, b_start)
+        first, last = self.index(lo), self.index(hi - 1)
+        if first == last:
+            yield first, hi - lo
+            return
+        yield first, self.origin + (first + 1) * self.width - lo
+        for index in range(first + 1, last):  # whole buckets between
+            yield index, self.width
+        yield last, hi - (self.origin + last * self.width)
 
     def moment(self, at: int) -> datetime:
         """Back from epoch microseconds to an aware UTC datetime."""
