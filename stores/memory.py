@@ -71,15 +71,18 @@ class MemoryStore:
     # --- writes --------------------------------------------------------------------------
 
     def apply(self, batch: Batch) -> None:
-        """Fold the batch; in memory there is nothing to make atomic beyond doing it in order."""
+        """Fold what the batch holds past the checkpoint; the rest was applied already."""
+        done = self._checkpoint
+        events = [item for item in batch.events if item.seq > done]
+        quarantined = [q for q in batch.quarantined if q.seq > done]
         ledger = self._ledger
-        for item in batch.events:
+        for item in events:
             ledger.apply(item.event)
         self._refresh()
-        self._quarantine.extend(batch.quarantined)
-        self._applied += len(batch.events)
-        self._quarantined_total += len(batch.quarantined)
-        self._checkpoint = max(self._checkpoint, batch.last_seq)
+        self._quarantine.extend(quarantined)
+        self._applied += len(events)
+        self._quarantined_total += len(quarantined)
+        self._checkpoint = max(done, batch.last_seq)
 
     def _refresh(self) -> None:
         changes = self._ledger.changes

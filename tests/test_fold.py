@@ -18,9 +18,11 @@ from .histories import BASE, histories
 
 
 def fold(events: list[ev.Event], store: MemoryStore | None = None) -> MemoryStore:
+    """Apply ``events`` as the next stream sequences after the store's checkpoint."""
     store = store or MemoryStore()
-    items = [Sequenced(i + 1, "", e) for i, e in enumerate(events)]
-    store.apply(Batch(events=items, last_seq=len(items)))
+    first = store.stats().checkpoint + 1
+    items = [Sequenced(first + i, "", e) for i, e in enumerate(events)]
+    store.apply(Batch(events=items, last_seq=first + len(items) - 1))
     return store
 
 

@@ -28,7 +28,6 @@ from .test_fold import at
 STORES = ["memory", "duckdb"]
 # The reference store re-appends redelivered quarantined messages and recounts applied events;
 # the daemon never redelivers to it (it hands each store only what is past its checkpoint).
-_REDELIVERY_BUG = "MemoryStore.apply does not skip messages at or below its checkpoint"
 MakeStore = Callable[[], Store]
 
 # The factory fixture hands out a fresh store per call, so one per hypothesis example is safe.
@@ -55,11 +54,6 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeS
     for store in made:
         if isinstance(store, DuckDBStore):
             store.close()
-
-
-def _known_redelivery_bug(request: pytest.FixtureRequest) -> None:
-    if request.node.callspec.params["make_store"] == "memory":
-        request.applymarker(pytest.mark.xfail(reason=_REDELIVERY_BUG, strict=True))
 
 
 def batch(events: Sequence[ev.Event], first_seq: int = 1) -> Batch:
@@ -253,11 +247,8 @@ def test_stats_count_what_was_applied_and_track_the_checkpoint(make_store: MakeS
     assert (stats.checkpoint, stats.applied, stats.quarantined) == (40, len(history), 1)
 
 
-def test_a_batch_at_or_below_the_checkpoint_changes_nothing(
-    make_store: MakeStore, request: pytest.FixtureRequest
-) -> None:
+def test_a_batch_at_or_below_the_checkpoint_changes_nothing(make_store: MakeStore) -> None:
     """A redelivered batch leaves the model and the stats as they were: nothing twice."""
-    _known_redelivery_bug(request)
     store = applied(make_store(), fleet())
     bad = Quarantined(seq=3, subject="s", reason="bad", data=b"", size=0)
     before = (store.read_model(), store.stats())
@@ -348,12 +339,10 @@ def test_every_store_answers_like_the_reference_on_any_history_in_any_batches(
 @given(case=batched(), data=st.data())
 def test_a_store_given_a_batch_again_or_out_of_order_history_loses_nothing(
     make_store: MakeStore,
-    request: pytest.FixtureRequest,
     case: tuple[list[ev.Event], list[Batch]],
     data: st.DataObject,
 ) -> None:
     """Redelivering an applied batch changes nothing; the model depends on the set of events."""
-    _known_redelivery_bug(request)
     history, batches = case
     store = make_store()
     for each in batches:
