@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,10 +29,14 @@ from workledger.core.log import LogConfig, connect, ensure_stream
 from workledger.projections.views import Quarantined
 from workledger.stores.base import Batch, Sequenced, Store
 
-__all__ = ["DaemonMetrics", "Projector", "ProjectorConfig", "to_batch"]
+__all__ = ["DaemonMetrics", "Listener", "Projector", "ProjectorConfig", "to_batch"]
 
 _log = logging.getLogger(__name__)
 _QUARANTINE_KEEP_BYTES = 4096
+
+Listener = Callable[[Batch], None]
+"""Told of each batch once every store has applied it (the live feed is one). It runs on the
+fold's path, so it must only hand the batch on and return: no I/O, no waiting."""
 
 
 class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -96,6 +100,9 @@ class Projector:
     Reading resumes after the lowest checkpoint of the stores; each store is given only the
     part of a batch past its own checkpoint, so a store restored from an older snapshot catches
     up while the others skip what they already have.
+
+    ``listeners`` are called with each applied batch (see :data:`Listener`); one that raises
+    is logged and the fold goes on.
     """
 
     def __init__(self, config: ProjectorConfig, stores: Sequence[Store]) -> None:
@@ -106,6 +113,7 @@ class Projector:
         self._inbox: deque[Any] = deque()
         self._arrived = anyio.Event()
         self._drained = anyio.Event()
+        self.listeners: list[Listener] = []
 
     @property
     def checkpoint(self) -> int:
@@ -189,6 +197,14 @@ class Projector:
         self._account(batch, fresh[-1], time.perf_counter() - began)
         progress, self._progress = self._progress, anyio.Event()
         progress.set()
+        self._notify(batch)
+
+    def _notify(self, batch: Batch) -> None:
+        for listener in self.listeners:
+            try:
+                listener(batch)
+            except Exception:
+                _log.exception("listener %r failed on a batch; the fold goes on", listener)
 
     def _account(self, batch: Batch, last: Any, seconds: float) -> None:
         m = self.metrics

@@ -168,6 +168,14 @@ class MemoryStore:
         found.sort(key=lambda w: (-_timestamp(w.worker.last_seen), w.worker.worker))
         return found if limit is None else found[:limit]
 
+    def worker(
+        self, worker: str, *, now: datetime, multiplier: float = DEFAULT_MULTIPLIER
+    ) -> WorkerWithStatus | None:
+        """One worker by id, or None: a dict lookup, so the live feed can attach the view of
+        every worker event it sends without scanning the fleet (``workers`` is linear)."""
+        view = self._workers.get(worker)
+        return None if view is None else self._with_status(view, liveness(view, now, multiplier))
+
     def _with_status(self, view: WorkerView, state: WorkerStatus) -> WorkerWithStatus:
         held = tuple(sorted(self._held_by.get(view.worker, ())))
         return WorkerWithStatus(
