@@ -3,6 +3,9 @@
 Tests and ``workledger up`` need a real JetStream server without Docker. This runs the binary
 as a child process with a file store, on a port that is fixed for the object's lifetime so that
 clients can reconnect to the same URL after :meth:`EmbeddedNats.restart`.
+
+:class:`EmbeddedCluster` runs several of them as one JetStream cluster on 127.0.0.1, the same
+shape as ``compose.yaml``'s three nodes, so replicated streams are tested without Docker.
 """
 
 from __future__ import annotations
@@ -15,13 +18,18 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
 
+import msgspec
+
 from workledger.core.errors import NatsServerError
 
-__all__ = ["EmbeddedNats", "find_nats_server"]
+__all__ = ["ClusterNode", "EmbeddedCluster", "EmbeddedNats", "find_nats_server"]
 
 _READY_LINE = b"Server is ready"
 _LOG_NAME = "nats-server.log"
@@ -57,8 +65,11 @@ class EmbeddedNats:
     """A ``nats-server -js`` child process bound to 127.0.0.1.
 
     ``port=0`` picks a free port once, at construction: it stays the same across
-    :meth:`restart`. The server's log goes to ``<store_dir>/nats-server.log``, never to our
-    stdout. Use it as a context manager, or call :meth:`start` and :meth:`stop`.
+    :meth:`restart`. ``config_file`` (a nats-server config: users, permissions, TLS) and
+    ``extra_args`` configure the rest; the store, address and port flags win over the file,
+    so one config serves any number of test servers. The server's log goes to
+    ``<store_dir>/nats-server.log``, never to our stdout. Use it as a context manager, or call
+    :meth:`start` and :meth:`stop`.
     """
 
     def __init__(
@@ -69,12 +80,18 @@ class EmbeddedNats:
         monitor_port: int | None = None,
         start_timeout: float = 10.0,
         binary: str | os.PathLike[str] | None = None,
+        cluster: ClusterNode | None = None,
+        config_file: str | os.PathLike[str] | None = None,
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.store_dir = Path(store_dir)
+        self.config_file = Path(config_file) if config_file is not None else None
+        self.extra_args = tuple(extra_args)
         self.port = port or _free_port()
         self.monitor_port = monitor_port
         self.start_timeout = start_timeout
         self.binary = Path(binary) if binary else find_nats_server()
+        self.cluster = cluster
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -163,7 +180,11 @@ class EmbeddedNats:
         argv += ["-a", "127.0.0.1", "-p", str(self.port)]
         if self.monitor_port is not None:
             argv += ["-m", str(self.monitor_port)]
-        return argv
+        if self.cluster is not None:
+            argv += self.cluster.argv()
+        if self.config_file is not None:
+            argv += ["-c", str(self.config_file)]  # our flags above still win over the file
+        return argv + list(self.extra_args)
 
     def _spawn(self, log: IO[bytes]) -> subprocess.Popen[bytes]:
         # Its own process group: a Ctrl-C in the terminal reaches us, not the server, so our
@@ -211,3 +232,130 @@ class EmbeddedNats:
     def _log_tail(self, offset: int, lines: int = 20) -> str:
         text = self._log_since(offset).decode("utf-8", "replace").splitlines()
         return "\n".join(text[-lines:]) or "(the server wrote nothing)"
+
+
+# --- a local cluster -------------------------------------------------------------------------
+
+
+class ClusterNode(msgspec.Struct, frozen=True, kw_only=True):
+    """One server's place in a cluster: its name, its route port and its peers' routes.
+
+    JetStream clustering needs a stable ``server_name`` per node and a shared cluster name.
+    """
+
+    server_name: str
+    cluster_name: str
+    cluster_port: int
+    routes: tuple[str, ...]
+
+    def argv(self) -> list[str]:
+        """The nats-server flags for this node (the same ones compose.yaml passes)."""
+        return [
+            "--server_name",
+            self.server_name,
+            "--cluster_name",
+            self.cluster_name,
+            "--cluster",
+            f"nats://127.0.0.1:{self.cluster_port}",
+            "--routes",
+            ",".join(self.routes),
+        ]
+
+
+class EmbeddedCluster:
+    """``size`` JetStream servers routed to each other on 127.0.0.1: a replicated-stream cluster.
+
+    :meth:`start` returns once every node reports healthy on its monitoring port, which (unlike
+    "Server is ready") means the JetStream meta group has a leader, so creating a stream with
+    ``replicas=size`` succeeds at once instead of answering "temporarily unavailable".
+    """
+
+    def __init__(
+        self,
+        store_dir: str | os.PathLike[str],
+        *,
+        size: int = 3,
+        name: str = "workledger",
+        start_timeout: float = 30.0,
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.start_timeout = start_timeout
+        cluster_ports = [_free_port() for _ in range(size)]
+        routes = tuple(f"nats://127.0.0.1:{port}" for port in cluster_ports)
+        self.nodes = [
+            EmbeddedNats(
+                Path(store_dir) / f"n{i + 1}",
+                monitor_port=_free_port(),
+                start_timeout=start_timeout,
+                cluster=ClusterNode(
+                    server_name=f"n{i + 1}",
+                    cluster_name=name,
+                    cluster_port=port,
+                    routes=tuple(r for r in routes if r != routes[i]),
+                ),
+            )
+            for i, port in enumerate(cluster_ports)
+        ]
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every node's client URL: give them all to a client so it can fail over."""
+        return tuple(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        """Start every node, then wait until all are healthy (JetStream meta leader known).
+
+        :raises NatsServerError: if a node fails to start or the cluster is not healthy in time.
+        """
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_healthy()
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait_healthy(self) -> None:
+        """Poll each node's ``/healthz`` until it answers 200 (see the class docstring)."""
+        deadline = time.monotonic() + self.start_timeout
+        for node in self.nodes:
+            while not _healthy(node):
+                if time.monotonic() > deadline:
+                    raise NatsServerError(
+                        f"cluster node {node.url} not healthy after {self.start_timeout}s:\n"
+                        f"{node._log_tail(0)}"
+                    )
+                time.sleep(_HEALTH_POLL)
+
+    def stop(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL after a timeout)."""
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+_HEALTH_POLL = 0.1
+
+
+def _healthy(node: EmbeddedNats) -> bool:
+    """``/healthz`` answers 200 once the node serves JetStream with a known meta leader."""
+    if not node.running:
+        raise NatsServerError(f"cluster node {node.url} exited:\n{node._log_tail(0)}")
+    url = f"http://127.0.0.1:{node.monitor_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False

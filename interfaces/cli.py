@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import anyio
 import anyio.abc
 import click
+import msgspec
 
 from workledger._options import log_config as _log_config
 from workledger._options import log_options as _log_options
@@ -28,6 +29,7 @@ from workledger.core.log import LogConfig
 from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Publisher
 from workledger.projections.daemon import ProjectorConfig
+from workledger.projections.partitions import pool_subjects, split_pools
 from workledger.projections.views import TaskStatus, WorkerStatus
 from workledger.rebuild import rebuild_command
 from workledger.render import print_json, print_slots, print_task, print_tasks, print_workers
@@ -99,11 +101,32 @@ def _daemon_options(func: _F) -> _F:
             help="Seconds between snapshots of the in-memory read model.",
         ),
         click.option(
+            "--analyst-interval",
+            default=2.0,
+            envvar="WORKLEDGER_ANALYST_INTERVAL",
+            show_default=True,
+            help="Seconds between the analysts' copies of the DuckDB file (0: none).",
+        ),
+        click.option(
             "--filter-subject",
             "filter_subjects",
             multiple=True,
             envvar="WORKLEDGER_FILTER_SUBJECTS",
             help="Consume only these subjects (partition the stream across daemons).",
+        ),
+        click.option(
+            "--pools",
+            default="",
+            envvar="WORKLEDGER_POOLS",
+            help="Consume only these pools, comma-separated (adds their filter subjects).",
+        ),
+        click.option(
+            "--replicas",
+            default=1,
+            type=click.IntRange(1, 5),
+            envvar="WORKLEDGER_REPLICAS",
+            show_default=True,
+            help="Replicas of the stream this daemon creates or updates (3 in a cluster).",
         ),
     ]
     for option in reversed(options):
@@ -112,13 +135,17 @@ def _daemon_options(func: _F) -> _F:
 
 
 def _service_config(log: LogConfig, **opts: Any) -> ServiceConfig:
+    log = msgspec.structs.replace(log, replicas=opts["replicas"])
+    pools = pool_subjects(log.subject_prefix, split_pools(opts["pools"]))
+    subjects = tuple(opts["filter_subjects"]) + pools
     return ServiceConfig(
-        projector=ProjectorConfig(log=log, filter_subjects=tuple(opts["filter_subjects"])),
+        projector=ProjectorConfig(log=log, filter_subjects=tuple(dict.fromkeys(subjects))),
         host=opts["host"],
         port=opts["port"],
         state_dir=opts["data_dir"],
         multiplier=opts["liveness_multiplier"],
         snapshot_interval=opts["snapshot_interval"],
+        analyst_interval=opts["analyst_interval"],
     )
 
 

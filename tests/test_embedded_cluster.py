@@ -1,0 +1,38 @@
+"""The embedded cluster: three routed nats-servers that hold a replicas-3 stream."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workledger.core import events as ev
+from workledger.core.log import LogConfig, connect, ensure_stream, stream_info
+from workledger.core.nats_server import EmbeddedCluster
+from workledger.core.publisher import Publisher
+
+
+@pytest.mark.anyio
+async def test_a_three_node_cluster_holds_a_replicated_stream_that_survives_a_node(
+    tmp_path: Path,
+) -> None:
+    """Created with replicas 3 it has three peers; with a follower down it still stores events."""
+    with EmbeddedCluster(tmp_path) as cluster:
+        config = LogConfig(servers=cluster.urls, stream="R3", replicas=3, reconnect_wait=0.1)
+        nc = await connect(config)
+        try:
+            await ensure_stream(nc.jetstream(), config)
+            info = await stream_info(nc.jetstream(), config)
+        finally:
+            await nc.close()
+        assert info.config.num_replicas == 3
+        assert info.cluster is not None
+        assert len(info.cluster.replicas or []) == 2, "a leader and two followers"
+        leader = next(
+            n for n in cluster.nodes if n.cluster and n.cluster.server_name == info.cluster.leader
+        )
+        follower = next(n for n in cluster.nodes if n is not leader)
+        follower.stop()
+        async with Publisher(config) as pub:
+            seq = await pub.publish_and_wait(ev.WorkerHeartbeat(worker="w", pool="p"))
+        assert seq == 1
