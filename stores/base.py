@@ -7,7 +7,7 @@ store to the in-memory reference implementation).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
 
@@ -121,11 +121,13 @@ class Store(Protocol):
         status: WorkerStatus | None = None,
         multiplier: float = DEFAULT_MULTIPLIER,
         limit: int | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[WorkerWithStatus]:
         """Workers matching every given filter, most recently seen first (then by id).
 
         ``queue`` matches workers listing that queue or listing none (they serve every queue).
         ``task_keys`` matches workers subscribed to ANY of them; empty matches all.
+        ``labels`` matches workers carrying ALL of those key/value pairs; empty matches all.
         """
         ...
 

@@ -11,13 +11,14 @@ liveness is the one rule of :mod:`workledger.projections.liveness`, applied to t
 
 DuckDB lets one process hold a file open for writing, and no other process can open it, not
 even read-only, meanwhile. Each thread reads through its own cursor, so a read sees the last
-committed batch and never blocks the writer.
+committed batch and never blocks the writer. Other processes read a copy: ``publish`` writes
+one between two batches (see :mod:`workledger.stores._duckdb_copy` and ``docs/analysts.md``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -49,6 +50,7 @@ from workledger.projections.views import (
 )
 from workledger.stores import _duckdb_rows as rows
 from workledger.stores import _duckdb_schema as schema
+from workledger.stores._duckdb_copy import publish_copy
 from workledger.stores._duckdb_utilization import utilization_sql
 from workledger.stores.base import Batch, ReadModel, Sequenced, StoreStats
 
@@ -70,6 +72,7 @@ class DuckDBStore:
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._writing = threading.Lock()  # a batch and a published copy never overlap
         self._ledger = Ledger()
         self._closed = False
         try:
@@ -127,6 +130,10 @@ class DuckDBStore:
         """
         if self.read_only:
             raise StoreError(f"DuckDB file {self.path} is open read-only")
+        with self._writing:
+            self._apply(batch)
+
+    def _apply(self, batch: Batch) -> None:
         done = self._stats.checkpoint
         if batch.last_seq <= done:
             return
@@ -144,6 +151,26 @@ class DuckDBStore:
             applied=s.applied + len(fresh),
             quarantined=s.quarantined + len(held),
         )
+
+    def publish(self, target: Path) -> StoreStats:
+        """Write a copy of the file as of the last committed batch to ``target``, atomically.
+
+        Runs between two batches (a batch waits for it), so the copy holds whole batches only;
+        readers in other processes open the copy, never the locked file. Returns the stats the
+        copy holds.
+
+        :raises StoreError: if the copy cannot be written (``target`` is then unchanged).
+        """
+        if self.read_only:
+            raise StoreError(f"DuckDB file {self.path} is open read-only")
+        action = f"publish a copy to {target}"
+        with self._writing, self._translated(action):
+            stats = self._stats
+            try:
+                publish_copy(self._cursor(), self.path, target)
+            except OSError as exc:
+                raise StoreError(f"DuckDB file {self.path}: cannot {action}: {exc}") from exc
+            return stats
 
     def _batch_tables(
         self, fresh: Sequence[Sequenced], held: Sequence[Quarantined]
@@ -212,11 +239,13 @@ class DuckDBStore:
         status: WorkerStatus | None = None,
         multiplier: float = DEFAULT_MULTIPLIER,
         limit: int | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[WorkerWithStatus]:
         where, params = _where(
             ("w.pool = ?", pool),
             ("(len(w.queues) = 0 OR list_contains(w.queues, ?))", queue),
             ("list_has_any(w.task_keys, ?::VARCHAR[])", list(task_keys) or None),
+            *(("w.labels[?] = ?", pair) for pair in (labels or {}).items()),
         )
         sql = f"""
             SELECT w.*, s.tasks AS held FROM workers w JOIN worker_slots s USING (worker)
@@ -448,4 +477,10 @@ def _where(*clauses: tuple[str, object | None]) -> tuple[str, list[object]]:
     chosen = [(sql, value) for sql, value in clauses if value is not None]
     if not chosen:
         return "", []
-    return "WHERE " + " AND ".join(sql for sql, _ in chosen), [value for _, value in chosen]
+    params: list[object] = []
+    for _, value in chosen:  # a tuple fills as many placeholders as it holds, in order
+        if isinstance(value, tuple):
+            params.extend(value)
+        else:
+            params.append(value)
+    return "WHERE " + " AND ".join(sql for sql, _ in chosen), params

@@ -11,7 +11,7 @@ import heapq
 import os
 import tempfile
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -152,21 +152,28 @@ class MemoryStore:
         status: WorkerStatus | None = None,
         multiplier: float = DEFAULT_MULTIPLIER,
         limit: int | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[WorkerWithStatus]:
-        wanted_keys = frozenset(task_keys)
+        """Filters first, then liveness and the held tasks for the few the limit keeps."""
+        keys, wanted = frozenset(task_keys), tuple((labels or {}).items())
         found = []
         for view in self._workers.values():
             if pool is not None and view.pool != pool:
                 continue
             if queue is not None and view.queues and queue not in view.queues:
                 continue
-            if wanted_keys and wanted_keys.isdisjoint(view.task_keys):
+            if keys and keys.isdisjoint(view.task_keys):
+                continue
+            if wanted and any(view.labels.get(k) != v for k, v in wanted):
                 continue
             state = liveness(view, now, multiplier)
             if status is None or state == status:
-                found.append(self._with_status(view, state))
-        found.sort(key=lambda w: (-_timestamp(w.worker.last_seen), w.worker.worker))
-        return found if limit is None else found[:limit]
+                found.append((view, state))
+        if limit is None:
+            chosen = sorted(found, key=_seen_first)
+        else:
+            chosen = heapq.nsmallest(limit, found, key=_seen_first)
+        return [self._with_status(view, state) for view, state in chosen]
 
     def worker(
         self, worker: str, *, now: datetime, multiplier: float = DEFAULT_MULTIPLIER
@@ -328,6 +335,10 @@ class MemoryStore:
 
 def _timestamp(moment: datetime | None) -> float:
     return moment.timestamp() if moment is not None else float("-inf")
+
+
+def _seen_first(found: tuple[WorkerView, WorkerStatus]) -> tuple[float, str]:
+    return (-_timestamp(found[0].last_seen), found[0].worker)
 
 
 def _newest_first(view: TaskView) -> tuple[float, str]:

@@ -164,6 +164,29 @@ def test_workers_filter_by_pool_queue_and_any_task_key(make_store: MakeStore) ->
     assert names(task_keys=["nothing"]) == []
 
 
+def test_workers_filter_by_labels_all_of_which_must_match(make_store: MakeStore) -> None:
+    """Every given label must be on the worker with that value; no labels matches all."""
+    started = [
+        ("eu1", {"zone": "eu", "gpu": "a"}),
+        ("eu2", {"zone": "eu"}),
+        ("us1", {"zone": "us", "gpu": "a"}),
+        ("bare", {}),
+    ]
+    store = applied(
+        make_store(),
+        [
+            ev.WorkerStarted(worker=name, pool="p", labels=labels, **at(i))
+            for i, (name, labels) in enumerate(started, start=1)
+        ],
+    )
+    names = lambda **f: [w.worker.worker for w in store.workers(now=t(5), **f)]  # noqa: E731
+    assert names(labels={}) == ["bare", "us1", "eu2", "eu1"]
+    assert names(labels={"zone": "eu"}) == ["eu2", "eu1"]
+    assert names(labels={"zone": "eu", "gpu": "a"}) == ["eu1"]
+    assert names(labels={"gpu": "a"}, limit=1) == ["us1"]
+    assert names(labels={"zone": "mars"}) == []
+
+
 def test_workers_are_most_recently_seen_first_with_a_limit(make_store: MakeStore) -> None:
     """Order by last sign of life, then id; limit applies after the status filter."""
     store = applied(make_store(), fleet())
@@ -277,6 +300,8 @@ def answers(store: Store) -> dict[str, object]:
         found[f"workers q {queue}"] = store.workers(now=t(100), queue=queue)
     for keys in ((), (KEYS[0],), KEYS[1:]):
         found[f"workers k {keys}"] = store.workers(now=t(100), task_keys=keys)
+    for labels in ({"zone": "a"}, {"zone": "b", "gpu": "a"}):
+        found[f"workers l {labels}"] = store.workers(now=t(100), labels=labels, limit=3)
     for task_status in TaskStatus:
         found[f"tasks {task_status}"] = store.tasks(status=task_status)
     for name in ("t1", "t 5", "nope"):
