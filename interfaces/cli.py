@@ -20,6 +20,7 @@ import msgspec
 
 from workledger._options import log_config as _log_config
 from workledger._options import log_options as _log_options
+from workledger.cli_pools import api_token, api_token_option, pools_command
 from workledger.cli_utilization import utilization_command
 from workledger.client import DEFAULT_API, Client
 from workledger.core.codec import decode
@@ -42,6 +43,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def _api_option(func: _F) -> _F:
     func = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
+    func = api_token_option(func)
     return click.option(
         "--api",
         default=DEFAULT_API,
@@ -108,6 +110,12 @@ def _daemon_options(func: _F) -> _F:
             help="Seconds between the analysts' copies of the DuckDB file (0: none).",
         ),
         click.option(
+            "--api-token",
+            envvar="WORKLEDGER_API_TOKEN",
+            help="Require this bearer token on the HTTP API (all but /healthz). "
+            "Prefer the environment variable: a flag's value shows in `ps`.",
+        ),
+        click.option(
             "--filter-subject",
             "filter_subjects",
             multiple=True,
@@ -145,6 +153,7 @@ def _service_config(log: LogConfig, **opts: Any) -> ServiceConfig:
         state_dir=opts["data_dir"],
         multiplier=opts["liveness_multiplier"],
         snapshot_interval=opts["snapshot_interval"],
+        api_token=opts["api_token"] or None,
         analyst_interval=opts["analyst_interval"],
     )
 
@@ -291,7 +300,7 @@ async def _publish_all(config: LogConfig, events: list[Event], encoding: Any) ->
 
 def _query(api: str, ask: Callable[[Client], Any]) -> Any:
     try:
-        with Client(api) as client:
+        with Client(api, token=api_token()) as client:
             return ask(client)
     except WorkledgerError as exc:
         raise click.ClickException(str(exc)) from None
@@ -302,6 +311,7 @@ def _query(api: str, ask: Callable[[Client], Any]) -> Any:
 @click.option("--pool", help="Only this pool.")
 @click.option("--queue", help="Only workers serving this queue.")
 @click.option("--task-key", "task_keys", multiple=True, help="Workers taking ANY of these keys.")
+@click.option("--label", "labels", multiple=True, help="key:value; workers with ALL of these.")
 @click.option("--status", type=click.Choice([s.value for s in WorkerStatus]), help="Only these.")
 @click.option("--limit", default=1000, show_default=True)
 def workers(
@@ -311,10 +321,12 @@ def workers(
     pool: str | None,
     queue: str | None,
     task_keys: tuple[str, ...],
+    labels: tuple[str, ...],
     status: str | None,
     limit: int,
 ) -> None:
     """Workers: status, slots in use and free, what each is running."""
+    wanted = dict(label.partition(":")[::2] for label in labels)
     found = _query(
         api,
         lambda c: c.workers(
@@ -323,6 +335,7 @@ def workers(
             task_keys=task_keys,
             status=WorkerStatus(status) if status else None,
             limit=limit,
+            labels=wanted,
         ),
     )
     print_json(found) if as_json else print_workers(found, now=datetime.now(UTC))
@@ -376,3 +389,4 @@ def quarantine(api: str, as_json: bool, limit: int) -> None:
 
 main.add_command(rebuild_command, "rebuild")
 main.add_command(utilization_command, "utilization")
+main.add_command(pools_command, "pools")

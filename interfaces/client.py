@@ -1,8 +1,14 @@
-"""A Python client of a running daemon's HTTP API; the CLI's query commands use it."""
+"""A Python client of a running daemon's HTTP API; the CLI's query commands use it.
+
+A daemon started with an API token (``--api-token`` / ``WORKLEDGER_API_TOKEN``) wants it on
+every request; the client sends ``token``, or else ``WORKLEDGER_API_TOKEN`` from the
+environment, so the same variable configures both ends.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -20,19 +26,23 @@ from workledger.projections.views import (
     WorkerWithStatus,
 )
 from workledger.queries import Health, Slots
+from workledger.readiness import PoolStatus, QueueStatus
 
-__all__ = ["DEFAULT_API", "Client"]
+__all__ = ["DEFAULT_API", "TOKEN_ENV", "Client", "auth_headers"]
 
 DEFAULT_API = "http://127.0.0.1:8765"
+TOKEN_ENV = "WORKLEDGER_API_TOKEN"  # noqa: S105 (a variable's name, not a secret)
 _T = TypeVar("_T")
 
 
 class Client:
     """Blocking client; every method raises :class:`DaemonUnavailableError` if none answers."""
 
-    def __init__(self, base_url: str = DEFAULT_API, *, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str = DEFAULT_API, *, timeout: float = 10.0, token: str | None = None
+    ) -> None:
         self.base_url = base_url
-        self._http = httpx.Client(base_url=base_url, timeout=timeout)
+        self._http = httpx.Client(base_url=base_url, timeout=timeout, headers=auth_headers(token))
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -52,9 +62,12 @@ class Client:
         task_keys: Sequence[str] = (),
         status: WorkerStatus | None = None,
         limit: int = 1000,
+        labels: Mapping[str, str] | None = None,
     ) -> list[WorkerWithStatus]:
-        """See :meth:`workledger.queries.Queries.workers`."""
-        params = _params(pool=pool, queue=queue, task_key=list(task_keys), status=status)
+        """See :meth:`workledger.queries.Queries.workers`; ``labels`` must ALL match."""
+        label = [f"{k}:{v}" for k, v in (labels or {}).items()]
+        params = _params(pool=pool, queue=queue, task_key=list(task_keys), label=label)
+        params |= _params(status=status)
         return self._get("/v1/workers", list[WorkerWithStatus], params | {"limit": limit})
 
     def slots(self, *, pool: str | None = None, queue: str | None = None) -> Slots:
@@ -72,9 +85,24 @@ class Client:
         except _NotFoundError:
             return None
 
-    def quarantined(self, *, limit: int = 100) -> list[Quarantined]:
-        """Messages set aside, newest first."""
-        return self._get("/v1/quarantine", list[Quarantined], {"limit": limit})
+    def recent(self, *, limit: int = 100) -> list[TaskView]:
+        """Finished tasks, the most recently finished first."""
+        return self._get("/v1/tasks/recent", list[TaskView], {"limit": limit})
+
+    def pools(self) -> list[PoolStatus]:
+        """Pools with their settings and READY / NOT_READY / PAUSED status now."""
+        return self._get("/v1/pools", list[PoolStatus], {})
+
+    def queues(self, *, pool: str | None = None) -> list[QueueStatus]:
+        """Queues with their settings and status now."""
+        return self._get("/v1/queues", list[QueueStatus], _params(pool=pool))
+
+    def quarantined(
+        self, *, limit: int = 100, after_seq: int | None = None, before_seq: int | None = None
+    ) -> list[Quarantined]:
+        """Messages set aside, newest first; page with ``after_seq`` / ``before_seq``."""
+        params = _params(after_seq=after_seq, before_seq=before_seq) | {"limit": limit}
+        return self._get("/v1/quarantine", list[Quarantined], params)
 
     def utilization(
         self,
@@ -86,7 +114,7 @@ class Client:
     ) -> list[UtilizationRow]:
         """See :meth:`workledger.queries.Queries.utilization`; text times use the daemon's clock.
 
-        :raises WorkledgerError: with the daemon's message when a parameter is bad (HTTP 400).
+        :raises WorkledgerError: with the daemon's message when a parameter is bad (HTTP 422).
         """
         params = _params(by=by, since=_text(since), until=_text(until), bucket=_span(bucket))
         return self._get("/v1/utilization", list[UtilizationRow], params)
@@ -106,13 +134,32 @@ class Client:
             ) from None
         if response.status_code == 404:
             raise _NotFoundError(path)
+        if response.status_code == 401:
+            raise WorkledgerError(
+                f"{self.base_url} wants an API token: pass --api-token or set {TOKEN_ENV}"
+            )
         if response.status_code >= 400:
-            raise WorkledgerError(f"{path}: HTTP {response.status_code}: {response.text}")
+            raise WorkledgerError(f"{path}: HTTP {response.status_code}: {_detail(response)}")
         return msgspec.json.decode(response.content, type=kind)
 
 
 class _NotFoundError(WorkledgerError):
     pass
+
+
+def auth_headers(token: str | None = None) -> dict[str, str]:
+    """The Authorization header for ``token``, or ``WORKLEDGER_API_TOKEN``; none if neither."""
+    token = token if token is not None else os.environ.get(TOKEN_ENV)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _detail(response: httpx.Response) -> str:
+    """The daemon's message (``detail`` of its error body), else the raw text."""
+    try:
+        body = msgspec.json.decode(response.content)
+    except msgspec.DecodeError:
+        return response.text
+    return str(body.get("detail", response.text)) if isinstance(body, dict) else response.text
 
 
 def _params(**given: Any) -> dict[str, Any]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 
 import msgspec
@@ -26,9 +27,14 @@ from workledger.projections.views import (
     WorkerStatus,
     WorkerWithStatus,
 )
+from workledger.readiness import PoolStatus, QueueStatus, readiness
 from workledger.stores.base import Store
 
-__all__ = ["Health", "Queries", "Slots"]
+__all__ = ["Health", "Queries", "Slots", "store_name"]
+
+_ALL = sys.maxsize  # a limit that keeps everything
+_UNFINISHED = [s for s in TaskStatus if not s.terminal]
+_FINISHED = [s for s in TaskStatus if s.terminal]
 
 
 class Slots(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +53,7 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     lag: int
     applied: int
     quarantined: int
+    store_checkpoints: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def _utcnow() -> datetime:
@@ -77,6 +84,7 @@ class Queries:
         task_keys: Sequence[str] = (),
         status: WorkerStatus | None = None,
         limit: int | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> list[WorkerWithStatus]:
         """Workers with their status now; see :meth:`Store.workers`."""
         return self.store.workers(
@@ -87,6 +95,7 @@ class Queries:
             status=status,
             multiplier=self.multiplier,
             limit=limit,
+            labels=labels,
         )
 
     def slots(self, *, pool: str | None = None, queue: str | None = None) -> Slots:
@@ -112,6 +121,16 @@ class Queries:
         """One task, or None."""
         return self.store.task(task)
 
+    def recent(self, *, limit: int = 100) -> list[TaskView]:
+        """Finished tasks (any terminal status), the most recently finished first.
+
+        Each status's most recently updated tasks are merged: for a finished task the last
+        update is its ending, unless a late event (progress, say) came after it.
+        """
+        found = [t for s in _FINISHED for t in self.store.tasks(status=s, limit=limit)]
+        found.sort(key=lambda t: (-_timestamp(t.finished_at or t.updated_at), t.task))
+        return found[:limit]
+
     def pools(self) -> list[PoolView]:
         """Pools and their settings."""
         return self.store.pools()
@@ -120,9 +139,36 @@ class Queries:
         """Queues and their settings."""
         return self.store.queues(pool=pool)
 
-    def quarantined(self, *, limit: int = 100) -> list[Quarantined]:
-        """Messages set aside, newest first."""
-        return self.store.quarantined(limit=limit)
+    def pool_status(self) -> list[PoolStatus]:
+        """Every pool the log names, with READY / NOT_READY / PAUSED now."""
+        return self._readiness(pool=None)[0]
+
+    def queue_status(self, *, pool: str | None = None) -> list[QueueStatus]:
+        """Every queue the log names (in ``pool``), with READY / NOT_READY / PAUSED now."""
+        return self._readiness(pool=pool)[1]
+
+    def _readiness(self, *, pool: str | None) -> tuple[list[PoolStatus], list[QueueStatus]]:
+        """See :mod:`workledger.readiness`; unfinished tasks name pools and queues too."""
+        store = self.store
+        unfinished = [t for s in _UNFINISHED for t in store.tasks(status=s, pool=pool, limit=_ALL)]
+        pools, queues = readiness(
+            pools=[p for p in store.pools() if pool is None or p.pool == pool],
+            queues=store.queues(pool=pool),
+            workers=self.workers(pool=pool),
+            counts=store.slot_counts(pool=pool),
+            named=[(t.pool, t.queue) for t in unfinished if t.pool is not None],
+        )
+        return pools, queues
+
+    def quarantined(
+        self, *, limit: int = 100, after_seq: int | None = None, before_seq: int | None = None
+    ) -> list[Quarantined]:
+        """Messages set aside, newest first; ``after_seq``/``before_seq`` page by sequence."""
+        if after_seq is None and before_seq is None:
+            return self.store.quarantined(limit=limit)
+        kept = self.store.quarantined(limit=_ALL)
+        low, high = after_seq or 0, before_seq if before_seq is not None else _ALL
+        return [q for q in kept if low < q.seq < high][:limit]
 
     def utilization(
         self,
@@ -151,15 +197,28 @@ class Queries:
     def health(self) -> Health:
         """Connected and caught up enough to answer."""
         stats = self.store.stats()
-        metrics = self.projector.metrics if self.projector else DaemonMetrics()
+        projector = self.projector
+        metrics = projector.metrics if projector else DaemonMetrics()
+        connected = projector is not None and projector.connected
+        stores = projector.stores if projector else [self.store]
         return Health(
-            ok=metrics.connected,
-            nats_connected=metrics.connected,
+            ok=connected,
+            nats_connected=connected,
             checkpoint=stats.checkpoint,
             lag=metrics.lag,
             applied=stats.applied,
             quarantined=stats.quarantined,
+            store_checkpoints={store_name(s): s.stats().checkpoint for s in stores},
         )
+
+
+def store_name(store: Store) -> str:
+    """``memory`` for MemoryStore, ``duckdb`` for DuckDBStore: the label health and metrics use."""
+    return type(store).__name__.removesuffix("Store").lower()
+
+
+def _timestamp(moment: datetime | None) -> float:
+    return moment.timestamp() if moment is not None else float("-inf")
 
 
 def _moment(value: datetime | str, now: datetime) -> datetime:

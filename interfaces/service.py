@@ -48,6 +48,7 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
     state_dir: Path | None = None
     snapshot_interval: float = 5.0
     multiplier: float = DEFAULT_MULTIPLIER
+    api_token: str | None = None  # the HTTP API then requires it as a bearer token
     duckdb_path: Path | None = None  # None: <state_dir>/<stream>.duckdb (see ``duckdb_file``)
 
     @property
@@ -101,7 +102,8 @@ async def serve(
     duck = DuckDBStore(config.duckdb_file) if config.duckdb_file is not None else None
     stores: list[Store] = [store] if duck is None else [store, duck]
     projector = Projector(config.projector, stores)
-    app = create_app(Queries(store, projector=projector, multiplier=config.multiplier))
+    queries = Queries(store, projector=projector, multiplier=config.multiplier)
+    app = create_app(queries, api_token=config.api_token)
     server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]

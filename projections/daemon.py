@@ -113,12 +113,18 @@ class Projector:
         self._inbox: deque[Any] = deque()
         self._arrived = anyio.Event()
         self._drained = anyio.Event()
+        self._client: Any = None  # the NATS client while running
         self.listeners: list[Listener] = []
 
     @property
     def checkpoint(self) -> int:
         """The last stream sequence applied to every store."""
         return min(store.stats().checkpoint for store in self.stores)
+
+    @property
+    def connected(self) -> bool:
+        """Connected to NATS at this moment: False while the client is reconnecting."""
+        return self.metrics.connected and bool(self._client and self._client.is_connected)
 
     async def wait_for(self, seq: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until the stores cover stream sequence ``seq``; False on timeout."""
@@ -130,7 +136,7 @@ class Projector:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Connect, ensure the stream, and fold until cancelled."""
-        nc = await connect(self.config.log)
+        nc = self._client = await connect(self.config.log)
         try:
             js = nc.jetstream()
             await ensure_stream(js, self.config.log)

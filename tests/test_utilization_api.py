@@ -105,13 +105,13 @@ def test_the_http_api_and_the_cli_answer_utilization_from_a_running_daemon(
         ("by=colour", "by"),
     ],
 )
-def test_bad_utilization_parameters_get_a_400_with_the_reason(
+def test_bad_utilization_parameters_get_a_422_with_the_reason(
     log_stream: LogConfig, tmp_path: Path, query: str, message: str
 ) -> None:
     """Never a 500: the reply says what was wrong."""
     with daemon(log_stream, tmp_path) as (_, client):
         reply = httpx.get(f"{client.base_url}/v1/utilization?{query}", timeout=10)
-        assert reply.status_code == 400
+        assert reply.status_code == 422
         assert message in reply.text
 
 
