@@ -10,6 +10,10 @@ store from its snapshot, DuckDB from its file (checkpoint in the same transactio
 The projector resumes after the lower checkpoint and gives each store only what it lacks, so
 they converge without either loading from the other: the simplest design that is correct
 after a kill at any instant (a memory snapshot older than DuckDB's checkpoint just catches up).
+
+No other process can open the DuckDB file while the daemon writes it, so every
+``analyst_interval`` seconds (when it moved) the daemon publishes a consistent copy for
+analysts, ``<stream>.analyst.duckdb`` (``docs/analysts.md``; opened by ``workledger.analysis``).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import msgspec
 import uvicorn
 from anyio.abc import TaskStatus
 
+from workledger.core.errors import StoreError
 from workledger.http import create_app
 from workledger.projections.daemon import Projector, ProjectorConfig
 from workledger.projections.liveness import DEFAULT_MULTIPLIER
@@ -37,6 +42,7 @@ from workledger.stores.memory import MemoryStore
 __all__ = ["ServiceConfig", "run", "serve"]
 
 _log = logging.getLogger(__name__)
+_PAUSE_PER_COPY = 4.0  # the analysts' copy: pause at least 4x as long as a copy took
 
 
 class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -50,6 +56,7 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
     multiplier: float = DEFAULT_MULTIPLIER
     api_token: str | None = None  # the HTTP API then requires it as a bearer token
     duckdb_path: Path | None = None  # None: <state_dir>/<stream>.duckdb (see ``duckdb_file``)
+    analyst_interval: float = 2.0  # seconds between analysts' copies; 0: publish none
 
     @property
     def snapshot_path(self) -> Path | None:
@@ -66,6 +73,15 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.duckdb_path is not None or self.state_dir is None:
             return self.duckdb_path
         return self.state_dir / f"{self.projector.log.stream}.duckdb"
+
+    @property
+    def analyst_file(self) -> Path | None:
+        """The analysts' copy, beside the DuckDB file: ``<stream>.analyst.duckdb`` by default
+        (what ``workledger.analysis.connect`` opens); None when none is published."""
+        live = self.duckdb_file
+        if live is None or self.analyst_interval <= 0:
+            return None
+        return live.with_name(f"{live.stem}.analyst{live.suffix}")
 
 
 class _Server(uvicorn.Server):
@@ -112,11 +128,14 @@ async def serve(
             await tg.start(projector.run)
             tg.start_soon(_serve_http, server, sock, tg.cancel_scope)
             tg.start_soon(_snapshots, store, config)
+            if duck is not None:
+                tg.start_soon(_analyst_copies, duck, config)
             tg.start_soon(_stop_on_signal, server)
             task_status.started(f"http://{host}:{port}")
     finally:
         _save(store, config)  # synchronous, so cancellation cannot cut it short
         if duck is not None:
+            _publish(duck, config)  # analysts see the final state too
             duck.close()  # its last batch is committed: the task group waited for the thread
 
 
@@ -145,6 +164,34 @@ async def _snapshots(store: MemoryStore, config: ServiceConfig) -> None:
         if store.stats().checkpoint != last:
             last = store.stats().checkpoint
             _save(store, config)
+
+
+async def _analyst_copies(duck: DuckDBStore, config: ServiceConfig) -> None:
+    """Publish the analysts' copy at once, then each interval if the checkpoint moved.
+
+    A copy is made in a worker thread between two batches, so the projector waits for one copy
+    at most. The pause after a copy is at least ``_PAUSE_PER_COPY`` times as long as the copy
+    took, so however large the file grows, copies take at most a fifth of the writer's time.
+    """
+    published = -1
+    while config.analyst_file is not None:
+        began = anyio.current_time()
+        if duck.stats().checkpoint != published:
+            published = await anyio.to_thread.run_sync(_publish, duck, config)
+        took = anyio.current_time() - began
+        await anyio.sleep(max(config.analyst_interval, _PAUSE_PER_COPY * took))
+
+
+def _publish(duck: DuckDBStore, config: ServiceConfig) -> int:
+    """Publish one copy; a failure (a full disk, say) is logged and retried next time, since
+    analysts' copies must never stop the daemon. Returns the checkpoint published, or -1."""
+    if config.analyst_file is None:
+        return -1
+    try:
+        return duck.publish(config.analyst_file).checkpoint
+    except StoreError as exc:
+        _log.warning("analysts' copy not published: %s", exc)
+        return -1
 
 
 def _save(store: MemoryStore, config: ServiceConfig) -> None:
