@@ -20,6 +20,7 @@ import msgspec
 
 from workledger._options import log_config as _log_config
 from workledger._options import log_options as _log_options
+from workledger.cli_bridge import bridge_command
 from workledger.cli_pools import api_token, api_token_option, pools_command
 from workledger.cli_utilization import utilization_command
 from workledger.client import DEFAULT_API, Client
@@ -387,6 +388,7 @@ def quarantine(api: str, as_json: bool, limit: int) -> None:
         click.echo(f"#{q.seq} {q.subject}: {q.reason}")
 
 
+main.add_command(bridge_command, "bridge")
 main.add_command(rebuild_command, "rebuild")
 main.add_command(utilization_command, "utilization")
 main.add_command(pools_command, "pools")
