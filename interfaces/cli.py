@@ -22,6 +22,7 @@ from workledger._options import log_config as _log_config
 from workledger._options import log_options as _log_options
 from workledger.cli_bridge import bridge_command
 from workledger.cli_pools import api_token, api_token_option, pools_command
+from workledger.cli_tail import tail_command
 from workledger.cli_utilization import utilization_command
 from workledger.client import DEFAULT_API, Client
 from workledger.core.codec import decode
@@ -392,3 +393,4 @@ main.add_command(bridge_command, "bridge")
 main.add_command(rebuild_command, "rebuild")
 main.add_command(utilization_command, "utilization")
 main.add_command(pools_command, "pools")
+main.add_command(tail_command, "tail")

@@ -18,6 +18,7 @@ from litestar.params import Body, Parameter
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CollectorRegistry
 
+from workledger.feed import feed_router
 from workledger.http_rules import ERROR_RESPONSES, PUBLIC, bearer_guard, unprocessable
 from workledger.metrics import DaemonCollector, HttpMetrics, metrics_route
 from workledger.prefect_compat import TaskWorker, TaskWorkerFilterBody, task_worker
@@ -71,6 +72,7 @@ def create_app(queries: Queries, *, api_token: str | None = None) -> Litestar:
             _workers_filter_route(queries, "/workers/filter"),  # Prefect's path, unversioned
             _health_route(queries),
             metrics_route(registry),
+            feed_router(queries),
         ],
         openapi_config=OpenAPIConfig(title="workledger", version="1"),
         exception_handlers={ValidationException: unprocessable},

@@ -42,6 +42,10 @@ from workledger.stores.memory import MemoryStore
 __all__ = ["ServiceConfig", "run", "serve"]
 
 _log = logging.getLogger(__name__)
+# Live-feed streams never finish on their own, and uvicorn waits for every open response
+# before it stops: after this many seconds it cancels them, so a dashboard never holds a
+# SIGTERM up for longer.
+_GRACE_SECONDS = 1.0
 _PAUSE_PER_COPY = 4.0  # the analysts' copy: pause at least 4x as long as a copy took
 
 
@@ -120,7 +124,11 @@ async def serve(
     projector = Projector(config.projector, stores)
     queries = Queries(store, projector=projector, multiplier=config.multiplier)
     app = create_app(queries, api_token=config.api_token)
-    server = _Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    server = _Server(
+        uvicorn.Config(
+            app, log_level="warning", lifespan="off", timeout_graceful_shutdown=_GRACE_SECONDS
+        )
+    )
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     try:
