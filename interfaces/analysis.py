@@ -9,6 +9,7 @@ few seconds (``--analyst-interval``), and this module opens that copy::
     con = analysis.connect()              # $WORKLEDGER_DATA_DIR, $WORKLEDGER_STREAM
     con.sql("SELECT status, count(*) FROM tasks GROUP BY ALL").df()
     analysis.freshness(con)               # which stream sequence these answers are as of
+    analysis.utilization(con, by="pool", since=..., until=..., bucket=timedelta(minutes=5))
 
 A connection sees one copy for as long as it is open: every query agrees with every other, and
 with whole batches only. Call ``connect`` again for newer data. ``docs/analysts.md`` has the why.
@@ -17,13 +18,16 @@ with whole batches only. Call ``connect`` again for newer data. ``docs/analysts.
 from __future__ import annotations
 
 import os
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import duckdb
 import msgspec
 
 from workledger.core.errors import StoreError
+from workledger.projections.liveness import DEFAULT_MULTIPLIER
+from workledger.projections.utilization import Grouping, UtilizationRow
+from workledger.stores._duckdb_utilization import utilization_sql
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -32,6 +36,7 @@ __all__ = [
     "analyst_path",
     "connect",
     "freshness",
+    "utilization",
 ]
 
 DEFAULT_DATA_DIR = Path(".workledger")  # as ``workledger project --data-dir``
@@ -107,4 +112,30 @@ def freshness(con: duckdb.DuckDBPyConnection) -> Freshness:
     checkpoint, applied, quarantined, latest = row
     return Freshness(
         checkpoint=checkpoint, applied=applied, quarantined=quarantined, latest_event_at=latest
+    )
+
+
+def utilization(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    by: Grouping,
+    since: datetime,
+    until: datetime,
+    now: datetime | None = None,
+    bucket: timedelta | None = None,
+    multiplier: float = DEFAULT_MULTIPLIER,
+) -> list[UtilizationRow]:
+    """The store's utilization rows (as ``workledger utilization``) over the copy ``con`` reads.
+
+    ``now`` ends open slot stretches and sessions; it defaults to the newest event time in the
+    copy rather than the clock, so a copy gives the same answer whenever it is asked.
+    Arguments and semantics: :meth:`workledger.stores.base.Store.utilization`.
+
+    :raises ValueError: for an unknown ``by``, naive times, ``since >= until`` or too many
+        buckets.
+    """
+    if now is None:
+        now = freshness(con).latest_event_at or until
+    return utilization_sql(
+        con, by=by, since=since, until=until, now=now, bucket=bucket, multiplier=multiplier
     )
