@@ -14,14 +14,13 @@ from litestar import Litestar, Response, Router, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.params import Body, Parameter
+from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CollectorRegistry
 
 from workledger.feed import feed_router
 from workledger.http_rules import ERROR_RESPONSES, PUBLIC, bearer_guard, unprocessable
 from workledger.metrics import DaemonCollector, HttpMetrics, metrics_route
-from workledger.page import page_router
 from workledger.prefect_compat import TaskWorker, TaskWorkerFilterBody, task_worker
 from workledger.projections.utilization import Grouping, UtilizationRow
 from workledger.projections.views import (
@@ -38,15 +37,15 @@ __all__ = ["DEFAULT_WORKERS", "MAX_LIMIT", "create_app"]
 
 MAX_LIMIT = 10_000  # the hard maximum of every ``limit``: above it, 422
 DEFAULT_WORKERS = 1000
-Limit = Annotated[int, Parameter(ge=1, le=MAX_LIMIT, description=f"1 to {MAX_LIMIT}")]
-OptionalText = Annotated[str | None, Parameter(min_length=1, max_length=512)]
-Seq = Annotated[int | None, Parameter(ge=0, description="a stream sequence")]
-TaskKeys = Annotated[
-    list[str] | None, Parameter(query="task_key", description="repeatable: ANY of these keys")
-]
+# Every query parameter is declared with its constraints, which Litestar checks (422 if not met)
+# and writes into the OpenAPI document.
+Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description=f"1 to {MAX_LIMIT}")]
+OptionalText = Annotated[str | None, QueryParameter(min_length=1, max_length=512)]
+Seq = Annotated[int | None, QueryParameter(ge=0, description="a stream sequence")]
+TaskKeys = Annotated[list[str] | None, QueryParameter(description="repeatable: ANY of these")]
 Labels = Annotated[
     list[str] | None,
-    Parameter(query="label", description="repeatable `key:value`: ALL must match"),
+    QueryParameter(description="repeatable `key:value`: ALL must match"),
 ]
 
 
@@ -74,7 +73,6 @@ def create_app(queries: Queries, *, api_token: str | None = None) -> Litestar:
             _health_route(queries),
             metrics_route(registry),
             feed_router(queries),
-            page_router(),
         ],
         openapi_config=OpenAPIConfig(title="workledger", version="1"),
         exception_handlers={ValidationException: unprocessable},
@@ -86,14 +84,18 @@ def create_app(queries: Queries, *, api_token: str | None = None) -> Litestar:
 
 
 def _worker_routes(queries: Queries) -> list[Any]:
-    @get("/workers", summary="Workers with status, newest seen first", responses=ERROR_RESPONSES)
+    @get(
+        "/workers",
+        summary="Workers with status, newest seen first",
+        responses=ERROR_RESPONSES,
+    )
     async def workers(
         *,
         pool: OptionalText = None,
         queue: OptionalText = None,
         task_key: TaskKeys = None,
         label: Labels = None,
-        status: WorkerStatus | None = None,
+        status: FromQuery[WorkerStatus | None] = None,
         limit: Limit = DEFAULT_WORKERS,
     ) -> list[WorkerWithStatus]:
         return queries.workers(
@@ -117,7 +119,7 @@ def _workers_filter_route(queries: Queries, path: str) -> Any:
     )
     async def workers_filter(
         data: Annotated[TaskWorkerFilterBody | None, Body(title="Prefect's filter body")] = None,
-        status: WorkerStatus | None = None,
+        status: FromQuery[WorkerStatus | None] = None,
         limit: Limit = DEFAULT_WORKERS,
     ) -> list[TaskWorker]:
         wanted = data.task_worker_filter if data is not None else None
@@ -129,9 +131,13 @@ def _workers_filter_route(queries: Queries, path: str) -> Any:
 
 
 def _task_routes(queries: Queries) -> list[Any]:
-    @get("/tasks", summary="Tasks by filter, newest updated first", responses=ERROR_RESPONSES)
+    @get(
+        "/tasks",
+        summary="Tasks by filter, newest updated first",
+        responses=ERROR_RESPONSES,
+    )
     async def tasks(
-        status: TaskStatus | None = None,
+        status: FromQuery[TaskStatus | None] = None,
         pool: OptionalText = None,
         queue: OptionalText = None,
         worker: OptionalText = None,
@@ -139,7 +145,11 @@ def _task_routes(queries: Queries) -> list[Any]:
     ) -> list[TaskView]:
         return queries.tasks(status=status, pool=pool, queue=queue, worker=worker, limit=limit)
 
-    @get("/tasks/recent", summary="Finished tasks, newest first", responses=ERROR_RESPONSES)
+    @get(
+        "/tasks/recent",
+        summary="Finished tasks, newest first",
+        responses=ERROR_RESPONSES,
+    )
     async def recent(limit: Limit = 100) -> list[TaskView]:
         return queries.recent(limit=limit)
 
@@ -149,7 +159,7 @@ def _task_routes(queries: Queries) -> list[Any]:
         raises=[NotFoundException],
         responses=ERROR_RESPONSES,
     )
-    async def task(task_id: str) -> TaskView:
+    async def task(task_id: FromPath[str]) -> TaskView:
         found = queries.task(task_id.removeprefix("/"))
         if found is None:
             raise NotFoundException(f"no task {task_id.removeprefix('/')!r}")
@@ -159,7 +169,11 @@ def _task_routes(queries: Queries) -> list[Any]:
 
 
 def _fleet_routes(queries: Queries) -> list[Any]:
-    @get("/slots", summary="Slot holders and counts per pool and queue", responses=ERROR_RESPONSES)
+    @get(
+        "/slots",
+        summary="Slot holders and counts per pool and queue",
+        responses=ERROR_RESPONSES,
+    )
     async def slots(pool: OptionalText = None, queue: OptionalText = None) -> Slots:
         return queries.slots(pool=pool, queue=queue)
 
@@ -191,10 +205,10 @@ def _fleet_routes(queries: Queries) -> list[Any]:
         responses=ERROR_RESPONSES,
     )
     async def utilization(
-        by: Grouping = "pool",
-        since: Annotated[str | None, Parameter(description="RFC 3339 or -1h")] = None,
-        until: Annotated[str | None, Parameter(description="RFC 3339 or -10m")] = None,
-        bucket: Annotated[str | None, Parameter(description="1m, 5m, 1h, 1d...")] = None,
+        by: FromQuery[Grouping] = "pool",
+        since: Annotated[str | None, QueryParameter(description="RFC 3339 or -1h")] = None,
+        until: Annotated[str | None, QueryParameter(description="RFC 3339 or -10m")] = None,
+        bucket: Annotated[str | None, QueryParameter(description="1m, 5m, 1h, 1d...")] = None,
     ) -> list[UtilizationRow]:
         try:
             return queries.utilization(by=by, since=since, until=until, bucket=bucket)
@@ -211,8 +225,8 @@ def _checkpoint_route(queries: Queries) -> Any:
         responses=ERROR_RESPONSES,
     )
     async def checkpoint(
-        wait_for: Annotated[int, Parameter(ge=0)] = 0,
-        timeout: Annotated[float, Parameter(ge=0, le=60)] = 0,  # noqa: ASYNC109 (an HTTP parameter)
+        wait_for: Annotated[int, QueryParameter(ge=0)] = 0,
+        timeout: Annotated[float, QueryParameter(ge=0, le=60)] = 0,  # noqa: ASYNC109 (an HTTP parameter)
     ) -> Health:
         if queries.projector is not None and wait_for:
             await queries.projector.wait_for(wait_for, timeout)
@@ -244,7 +258,12 @@ def _labels(pairs: Iterable[str]) -> dict[str, str]:
         if not key or not colon:
             raise ValidationException(
                 f"label {pair!r} must be key:value",
-                extra=[{"key": "label", "message": f"{pair!r} must be key:value like zone:eu"}],
+                extra=[
+                    {
+                        "key": "label",
+                        "message": f"{pair!r} must be key:value like zone:eu",
+                    }
+                ],
             )
         labels[key] = value
     return labels

@@ -22,7 +22,7 @@ from typing import Any
 from litestar import Response, get
 from litestar.enums import ScopeType
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client import generate_latest as _exposition
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
@@ -31,6 +31,10 @@ from workledger.projections.daemon import DaemonMetrics
 from workledger.queries import Queries, store_name
 
 __all__ = ["DaemonCollector", "HttpMetrics", "metrics_route"]
+
+# The classic text format every Prometheus scrapes (``generate_latest`` writes it with
+# underscore escaping); Litestar adds the charset.
+_MEDIA_TYPE = "text/plain; version=0.0.4"
 
 
 class DaemonCollector(Collector):
@@ -137,10 +141,10 @@ def metrics_route(registry: CollectorRegistry) -> Any:
     @get(
         "/metrics",
         summary="Prometheus metrics (text format 0.0.4)",
-        media_type=CONTENT_TYPE_LATEST,
+        media_type=_MEDIA_TYPE,
         sync_to_thread=False,
     )
     def metrics() -> Response[bytes]:
-        return Response(_exposition(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(_exposition(registry), media_type=_MEDIA_TYPE)
 
     return metrics
