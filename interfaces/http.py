@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from workledger.feed import feed_router
 from workledger.http_rules import ERROR_RESPONSES, PUBLIC, bearer_guard, unprocessable
 from workledger.metrics import DaemonCollector, HttpMetrics, metrics_route
+from workledger.page import page_router
 from workledger.prefect_compat import TaskWorker, TaskWorkerFilterBody, task_worker
 from workledger.projections.utilization import Grouping, UtilizationRow
 from workledger.projections.views import (
@@ -73,6 +74,7 @@ def create_app(queries: Queries, *, api_token: str | None = None) -> Litestar:
             _health_route(queries),
             metrics_route(registry),
             feed_router(queries),
+            page_router(),
         ],
         openapi_config=OpenAPIConfig(title="workledger", version="1"),
         exception_handlers={ValidationException: unprocessable},
