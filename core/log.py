@@ -26,6 +26,13 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig, StreamInfo
 
+from workledger.core._nats_auth import (
+    auth_options,
+    identity,
+    is_auth_failure,
+    is_tls_failure,
+    uses_tls,
+)
 from workledger.core._nats_errors import describe, translated
 from workledger.core.errors import LogError
 from workledger.core.events import Event
@@ -44,12 +51,15 @@ _log = logging.getLogger(__name__)
 
 _PLAIN_TOKEN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_INBOX_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
 _NONE_TOKEN = "_"  # noqa: S105 (a subject token, not a password)
 _ENCODED = "~"
 _DIGEST = "~~"
 # A long token is replaced by a digest: NATS closes the connection when a protocol line
 # exceeds 4 KiB, and one oversized subject must not take the publisher down with it.
 _MAX_TOKEN = 128
+_SECRETS = frozenset({"token", "password"})
+_DISCARD_TIMEOUT = 1.0
 
 
 class LogConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -70,8 +80,37 @@ class LogConfig(msgspec.Struct, frozen=True, kw_only=True):
     name: str = "workledger"
     connect_timeout: float = 5.0
     reconnect_wait: float = 0.5
+    # Who we are to NATS (docs/security.md): at most one of token, user+password, nkey, creds.
+    token: str | None = None
+    user: str | None = None
+    password: str | None = None
+    nkey_seed_file: str | None = None
+    creds_file: str | None = None
+    # TLS: a CA to verify the server, our certificate and key for mutual TLS.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_hostname: str | None = None
+    tls_handshake_first: bool = False
+    # Per-identity reply subjects, so permissions can keep one identity from reading another's.
+    inbox_prefix: str = "_INBOX"
+    # Signed events (docs/wire.md#signatures): the key this process signs with, the keys it trusts.
+    sign_key_file: str | None = None
+    verify_keys_dir: str | None = None
+
+    def __repr__(self) -> str:
+        """Every field, with secrets masked: configs end up in logs and tracebacks."""
+        shown = (
+            f"{name}={'***' if name in _SECRETS and value else repr(value)}"
+            for name, value in msgspec.structs.asdict(self).items()
+        )
+        return f"LogConfig({', '.join(shown)})"
 
     def __post_init__(self) -> None:
+        self._check_names()
+        self._check_credentials()
+
+    def _check_names(self) -> None:
         if not _STREAM_NAME.fullmatch(self.stream):
             raise ValueError(f"stream name {self.stream!r} may use only A-Z a-z 0-9 _ -")
         tokens = self.subject_prefix.split(".")
@@ -82,6 +121,18 @@ class LogConfig(msgspec.Struct, frozen=True, kw_only=True):
             )
         if not self.servers:
             raise ValueError("at least one NATS server URL is needed")
+        if not _INBOX_PREFIX.fullmatch(self.inbox_prefix):
+            raise ValueError(f"inbox prefix {self.inbox_prefix!r}: subject tokens, no wildcards")
+
+    def _check_credentials(self) -> None:
+        """One way to authenticate, complete: a half-configured one would fail obscurely later."""
+        methods = [self.token, self.user, self.nkey_seed_file, self.creds_file]
+        if sum(method is not None for method in methods) > 1:
+            raise ValueError("configure at most one of NATS token, user, nkey and creds file")
+        if (self.user is None) != (self.password is None):
+            raise ValueError("a NATS user needs a password, and a password needs a user")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("a TLS client certificate needs its key, and the key its certificate")
 
     @property
     def subjects(self) -> str:
@@ -140,25 +191,44 @@ def subject_for(prefix: str, event: Event) -> str:
 # --- connection ------------------------------------------------------------------------------
 
 
+class _Refused(Exception):
+    """Raised from the error callback to end a first connect that retrying cannot fix."""
+
+
 class _Callbacks:
     """nats-py's callbacks, saying one line per event instead of a traceback per attempt.
 
     While the connection is down, only the first failed attempt is logged as a warning;
-    the rest go to debug until it is back.
+    the rest go to debug until it is back. Before the first connect succeeds, a refusal of
+    our credentials or a TLS failure ends the attempt at once (:class:`_Refused`): nats-py
+    would otherwise retry the same credentials until the connect timeout.
     """
 
-    def __init__(self, client: Client, servers: str) -> None:
+    def __init__(self, client: Client, config: LogConfig) -> None:
         self.client = client
-        self.servers = servers
+        self.config = config
+        self.servers = ", ".join(config.servers)
         self.connected = False
         self.quiet = False
         self.last_error: BaseException | None = None
 
     async def error(self, exc: Exception) -> None:
         self.last_error = exc
+        if not self.connected and _fatal(exc):
+            raise _Refused(self.refusal(exc))
         level = logging.DEBUG if self.quiet or not self.connected else logging.WARNING
-        _log.log(level, "NATS error at %s: %s", self.servers, describe(exc))
+        _log.log(level, "NATS error at %s: %s", self.servers, self.describe(exc))
         self.quiet = self.quiet or isinstance(exc, OSError | nats.errors.Error)
+
+    def describe(self, exc: BaseException) -> str:
+        return self.refusal(exc) if _fatal(exc) else describe(exc)
+
+    def refusal(self, exc: BaseException) -> str:
+        """The one line a user needs when NATS will not let us in."""
+        if is_auth_failure(exc):
+            who, reason = identity(self.config), describe(exc).strip("'")
+            return f"NATS refused the credentials for {who} at {self.servers}: {reason}"
+        return f"TLS with NATS at {self.servers} failed: {describe(exc)}"
 
     async def disconnected(self) -> None:
         if self.connected and not self.client.is_closed:  # closing on purpose is not news
@@ -172,25 +242,56 @@ class _Callbacks:
         _log.debug("connection to NATS at %s closed", self.servers)
 
 
+def _fatal(exc: BaseException) -> bool:
+    return is_auth_failure(exc) or is_tls_failure(exc) or isinstance(exc, _TlsNotOffered)
+
+
 async def connect(config: LogConfig) -> Client:
     """Connect to NATS with our callbacks; reconnects forever once connected.
 
     :raises LogError: "cannot reach NATS at ..." if no server answers within
-        ``config.connect_timeout``.
+        ``config.connect_timeout``; "NATS refused the credentials for ..." or "TLS with NATS
+        at ... failed" at once when retrying cannot help.
     """
-    servers = ", ".join(config.servers)
-    client = Client()
-    callbacks = _Callbacks(client, servers)
+    client = _StrictTlsClient(require_tls=uses_tls(config))
+    callbacks = _Callbacks(client, config)
+    options = _connect_options(config, callbacks)
     try:
-        await asyncio.wait_for(
-            client.connect(**_connect_options(config, callbacks)), config.connect_timeout
-        )
+        await asyncio.wait_for(client.connect(**options), config.connect_timeout)
+    except _Refused as exc:
+        await _discard(client)
+        raise LogError(str(exc)) from None
     except (OSError, nats.errors.Error, TimeoutError, ValueError) as exc:
         await _discard(client)
         reason = describe(callbacks.last_error or exc)
-        raise LogError(f"cannot reach NATS at {servers}: {reason}") from None
+        raise LogError(f"cannot reach NATS at {callbacks.servers}: {reason}") from None
     callbacks.connected = True
     return client
+
+
+class _TlsNotOffered(nats.errors.Error):
+    """The server did not ask for TLS although we require it."""
+
+    def __str__(self) -> str:
+        return "the server does not offer TLS, but TLS is configured; not sending credentials"
+
+
+class _StrictTlsClient(Client):
+    """nats-py upgrades to TLS only when the server asks for it, so a server (or anyone in
+    between) that does not ask would receive our CONNECT, credentials included, in the
+    clear. When TLS is configured, this refuses to send CONNECT over plaintext."""
+
+    def __init__(self, *, require_tls: bool) -> None:
+        super().__init__()
+        self._require_tls = require_tls
+
+    def _connect_command(self) -> bytes:
+        info = self._server_info or {}
+        offered = info.get("tls_required") or self.options.get("tls_handshake_first")
+        if self._require_tls and not offered:
+            raise _TlsNotOffered
+        command: bytes = super()._connect_command()
+        return command
 
 
 def _connect_options(config: LogConfig, callbacks: _Callbacks) -> dict[str, Any]:
@@ -205,14 +306,19 @@ def _connect_options(config: LogConfig, callbacks: _Callbacks) -> dict[str, Any]
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": config.reconnect_wait,
         "connect_timeout": config.connect_timeout,
+        **auth_options(config),
     }
 
 
 async def _discard(client: Client) -> None:
-    """Close a client whose first connect failed, whatever state it was left in."""
+    """Close a client whose first connect failed, whatever state it was left in.
+
+    Bounded: after a failed TLS handshake nats-py waits for the plaintext stream, which
+    asyncio handed to the TLS layer, to close, and that never happens.
+    """
     try:
-        await client.close()
-    except (OSError, nats.errors.Error, AttributeError, AssertionError):
+        await asyncio.wait_for(client.close(), _DISCARD_TIMEOUT)
+    except (OSError, nats.errors.Error, AttributeError, AssertionError, TimeoutError):
         _log.debug("closing a client that never connected failed", exc_info=True)
 
 
