@@ -14,6 +14,7 @@ from litestar import Litestar, Response, Router, get, post
 from litestar.exceptions import NotFoundException, ValidationException
 from litestar.openapi.config import OpenAPIConfig
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import RequestBody
 from litestar.params import Body, FromPath, FromQuery, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 from prometheus_client import CollectorRegistry
@@ -67,7 +68,7 @@ def create_app(queries: Queries, *, api_token: str | None = None) -> Litestar:
             _checkpoint_route(queries),
         ],
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[
             v1,
             _workers_filter_route(queries, "/workers/filter"),  # Prefect's path, unversioned
@@ -83,6 +84,22 @@ def create_app(queries: Queries, *, api_token: str | None = None) -> Litestar:
         debug=False,
         logging_config=None,  # the CLI configures logging; a library must not
     )
+    _document_optional_bodies(app, ["/workers/filter", "/v1/workers/filter"])
+    return app
+
+
+def _document_optional_bodies(app: Litestar, paths: Iterable[str]) -> None:
+    """Litestar documents every request body as required; Prefect's filter body is optional.
+
+    The document is built once and cached, so amending it here amends what /schema serves.
+    """
+    documented = app.openapi_schema.paths or {}
+    for path in paths:
+        item = documented.get(path)
+        operation = getattr(item, "post", None)
+        body = getattr(operation, "request_body", None)
+        if isinstance(body, RequestBody):
+            body.required = False
 
 
 def _worker_routes(queries: Queries) -> list[Any]:
