@@ -26,6 +26,12 @@ _msgpack_decoder = msgspec.msgpack.Decoder(EventType)
 _json_encoder = msgspec.json.Encoder()
 _msgpack_encoder = msgspec.msgpack.Encoder()
 _KNOWN_TYPES = frozenset(event_types())
+_MAX_TAG = 64  # an unknown tag is quoted in the reason, so a huge one is cut
+
+
+# msgspec raises more than DecodeError on hostile input: invalid UTF-8 in a string gives
+# UnicodeDecodeError, nesting deeper than its stack allows gives RecursionError.
+_UNDECODABLE = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
 class _TypeOnly(msgspec.Struct):
@@ -52,7 +58,7 @@ def decode(data: bytes | memoryview, *, json_only: bool = False) -> Event:
     is_json = json_only or _first_byte(data) in b'{[ \t\r\n"0123456789-tfn'
     try:
         event: Event = (_json_decoder if is_json else _msgpack_decoder).decode(data)
-    except msgspec.DecodeError as exc:
+    except _UNDECODABLE as exc:
         raise InvalidEventError(_reason(data, is_json, exc)) from None
     if event.v > SCHEMA_VERSION:
         raise InvalidEventError(
@@ -78,15 +84,15 @@ def _first_byte(data: bytes | memoryview) -> bytes:
     return bytes(data[:1]) if len(data) else b""
 
 
-def _reason(data: bytes | memoryview, is_json: bool, exc: msgspec.DecodeError) -> str:
+def _reason(data: bytes | memoryview, is_json: bool, exc: Exception) -> str:
     """Name an unknown type plainly; otherwise msgspec's message says what and where."""
     try:
         decoder = msgspec.json.decode if is_json else msgspec.msgpack.decode
         tag = decoder(data, type=_TypeOnly).type
-    except (msgspec.DecodeError, TypeError):
+    except (*_UNDECODABLE, TypeError):
         return f"not a {'JSON' if is_json else 'msgpack'} event object: {exc}"
     if not tag:
         return "missing event type (the `type` field)"
     if tag not in _KNOWN_TYPES:
-        return f"unknown event type {tag!r}"
+        return f"unknown event type {tag[:_MAX_TAG]!r}"
     return f"invalid {tag} event: {exc}"

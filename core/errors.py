@@ -7,6 +7,7 @@
     ├── LogError               the log (NATS JetStream) refused or is unreachable
     │   ├── StreamNotFoundError
     │   ├── PublishError       an event could not be stored, after retries
+    │   ├── GapError           messages the read models need are gone (retention)
     │   └── NatsServerError    the embedded nats-server did not start
     ├── StoreError             a read-model store failed
     └── DaemonUnavailableError the CLI could not reach a running daemon
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 __all__ = [
     "DaemonUnavailableError",
+    "GapError",
     "InvalidEventError",
     "LogError",
     "NatsServerError",
@@ -44,6 +46,11 @@ class StreamNotFoundError(LogError):
 
 class PublishError(LogError):
     """Raised when an event could not be stored in the stream, after every retry."""
+
+
+class GapError(LogError):
+    """Raised when messages the read models have not applied are gone from the stream (its
+    age or size limit removed them first), or the stream is behind the read models."""
 
 
 class NatsServerError(LogError):

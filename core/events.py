@@ -8,13 +8,16 @@ with that reason, so upgrading the daemon and rebuilding applies it later).
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, ClassVar
 
 import msgspec
 import uuid_utils
 
 __all__ = [
+    "EARLIEST",
+    "LATEST",
+    "MAX_EVENT_BYTES",
     "SCHEMA_VERSION",
     "TERMINAL_TYPES",
     "Event",
@@ -32,7 +35,9 @@ __all__ = [
     "TaskRetrying",
     "TaskStarted",
     "TaskSubmitted",
+    "WorkerForgotten",
     "WorkerHeartbeat",
+    "WorkerLost",
     "WorkerStarted",
     "WorkerStopped",
     "WorkerSubscribed",
@@ -42,7 +47,13 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 
-# Limits keep one bad producer from exhausting a daemon's memory.
+# Limits keep one bad producer from exhausting a daemon's memory, and keep every value inside
+# what the stores can hold (DuckDB BIGINT, Python datetime arithmetic): a value a store would
+# refuse must be refused here, where it quarantines one message, not in the store, where it
+# would fail the whole batch again on every retry. docs/wire.md lists them.
+MAX_EVENT_BYTES = 256 * 1024  # the default; the daemon and the Publisher take their own
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)  # event times outside [EARLIEST, LATEST) are
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)  # a broken clock, not history
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=512)]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 Names = Annotated[tuple[Name, ...], msgspec.Meta(max_length=1024)]
@@ -50,6 +61,8 @@ Labels = Annotated[dict[Name, Text], msgspec.Meta(max_length=128)]
 Slots = Annotated[int, msgspec.Meta(ge=0, le=1_000_000)]
 Seconds = Annotated[float, msgspec.Meta(gt=0, le=7 * 86_400)]
 Limit = Annotated[int, msgspec.Meta(ge=0, le=1_000_000_000)]
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 Fraction = Annotated[float, msgspec.Meta(ge=0, le=1)]
 UtcTime = Annotated[datetime, msgspec.Meta(tz=True)]
 
@@ -66,6 +79,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_de
     id: Annotated[str, msgspec.Meta(max_length=128)] = ""
     at: UtcTime | None = None
     v: Annotated[int, msgspec.Meta(ge=1)] = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        """Refuse a time no clock should give (msgspec reports it as a validation error)."""
+        _check_time("at", self.at)
 
     @property
     def type(self) -> str:
@@ -89,6 +106,20 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_de
         return (self.at, self.id)
 
 
+def _check_time(name: str, moment: datetime | None) -> None:
+    if moment is None:
+        return
+    try:
+        utc = moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        utc = LATEST  # 9999-12-31T23:59-05:00 is in year 10000 in UTC
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(
+            f"`{name}` {moment.isoformat()} is outside {EARLIEST.year}-{LATEST.year - 1} "
+            "(is the producer's clock set?)"
+        )
+
+
 # --- workers ---------------------------------------------------------------------------------
 
 
@@ -107,7 +138,7 @@ class WorkerStarted(_WorkerEvent, frozen=True, kw_only=True, tag="worker.started
     heartbeat_interval: Seconds = 30.0
     labels: Labels = msgspec.field(default_factory=dict)
     host: Name | None = None
-    pid: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    pid: Count | None = None
 
 
 class WorkerHeartbeat(_WorkerEvent, frozen=True, kw_only=True, tag="worker.heartbeat"):
@@ -126,6 +157,25 @@ class WorkerStopped(_WorkerEvent, frozen=True, kw_only=True, tag="worker.stopped
     reason: Text | None = None
 
 
+class WorkerLost(_WorkerEvent, frozen=True, kw_only=True, tag="worker.lost"):
+    """A reaper declared the worker dead: no sign of life since ``last_seen``.
+
+    It ends the session that ``last_seen`` falls in; the worker is LOST until a
+    ``worker.started`` after ``last_seen``. Its tasks get their own ``task.crashed``.
+    """
+
+    last_seen: UtcTime
+    reason: Text | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_time("last_seen", self.last_seen)
+
+
+class WorkerForgotten(_WorkerEvent, frozen=True, kw_only=True, tag="worker.forgotten"):
+    """A reaper dropped a long-gone worker from the live view; its history stays."""
+
+
 # --- tasks -----------------------------------------------------------------------------------
 
 
@@ -141,7 +191,7 @@ class TaskSubmitted(_TaskEvent, frozen=True, kw_only=True, tag="task.submitted")
     pool: Name
     queue: Name
     task_key: Name | None = None
-    priority: int | None = None
+    priority: Int64 | None = None
     stage: Name | None = None
     item: Text | None = None
 
@@ -170,7 +220,7 @@ class TaskProgress(_TaskEvent, frozen=True, kw_only=True, tag="task.progress"):
 class TaskRetrying(_TaskEvent, frozen=True, kw_only=True, tag="task.retrying"):
     """The attempt failed and the task will run again: its slot is released until reclaimed."""
 
-    attempt: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    attempt: Count | None = None
     error: Text | None = None
 
 
@@ -220,7 +270,7 @@ class _QueueEvent(Event, frozen=True, kw_only=True):
     family: ClassVar[str] = "queue"
     pool: Name
     queue: Name
-    priority: int | msgspec.UnsetType | None = msgspec.UNSET
+    priority: Int64 | msgspec.UnsetType | None = msgspec.UNSET
     concurrency_limit: Limit | msgspec.UnsetType | None = msgspec.UNSET
     paused: bool | msgspec.UnsetType = msgspec.UNSET
 
@@ -238,6 +288,8 @@ EventType = (
     | WorkerHeartbeat
     | WorkerSubscribed
     | WorkerStopped
+    | WorkerLost
+    | WorkerForgotten
     | TaskSubmitted
     | TaskClaimed
     | TaskStarted

@@ -33,7 +33,7 @@ from workledger.core import codec
 from workledger.core._acks import Verdict, read_reply
 from workledger.core._nats_errors import describe
 from workledger.core.errors import LogError, PublishError, StreamNotFoundError
-from workledger.core.events import Event
+from workledger.core.events import MAX_EVENT_BYTES, Event
 from workledger.core.log import LogConfig, connect, stream_info, subject_for
 
 __all__ = ["Encoding", "Failure", "Publisher", "SyncPublisher"]
@@ -87,8 +87,15 @@ class Publisher:
     feels when NATS is slow or away. While NATS is unreachable, publish therefore blocks once
     the buffer fills; wrap it in your own timeout if you must not wait.
 
+    **Size**: an encoded event bigger than :attr:`max_event_bytes` (the daemons' default
+    limit, 256 KiB; set the attribute to match theirs) or the server's max payload is refused
+    at once with :class:`PublishError`, before anything is sent: a daemon would only set it
+    aside.
+
     One event loop only; from threads or synchronous code use :class:`SyncPublisher`.
     """
+
+    max_event_bytes: int = MAX_EVENT_BYTES
 
     def __init__(
         self,
@@ -247,11 +254,20 @@ class Publisher:
         event = codec.stamp(event)
         entry = _Pending(event.id, subject_for(self.config.subject_prefix, event), b"")
         entry.data = self._encode(event)
-        if len(entry.data) > self._nc.max_payload:
-            reason = f"{len(entry.data)} bytes exceeds the server's max payload"
-            self._failed.append(Failure(entry.event_id, reason))
-            raise PublishError(f"event {entry.event_id}: {reason} ({self._nc.max_payload})")
+        self._check_size(entry)
         return entry
+
+    def _check_size(self, entry: _Pending) -> None:
+        """Refuse here what the server or the daemons would refuse, with the reason."""
+        assert self._nc is not None
+        for limit, whose in (
+            (self._nc.max_payload, "the server's max payload"),
+            (self.max_event_bytes, "the maximum event size"),
+        ):
+            if len(entry.data) > limit:
+                reason = f"{len(entry.data)} bytes exceeds {whose}"
+                self._failed.append(Failure(entry.event_id, reason))
+                raise PublishError(f"event {entry.event_id}: {reason} ({limit})")
 
     async def _admit(self, entry: _Pending) -> None:
         await self._slots.acquire()

@@ -20,6 +20,11 @@ import msgspec
 
 from workledger._options import log_config as _log_config
 from workledger._options import log_options as _log_options
+from workledger._reliability_options import (
+    projector_settings,
+    reaper_config,
+    reliability_options,
+)
 from workledger.cli_bridge import bridge_command
 from workledger.cli_pools import api_token, api_token_option, pools_command
 from workledger.cli_tail import tail_command
@@ -141,7 +146,7 @@ def _daemon_options(func: _F) -> _F:
     ]
     for option in reversed(options):
         func = option(func)
-    return _log_options(func)
+    return _log_options(reliability_options(func))
 
 
 def _service_config(log: LogConfig, **opts: Any) -> ServiceConfig:
@@ -149,7 +154,10 @@ def _service_config(log: LogConfig, **opts: Any) -> ServiceConfig:
     pools = pool_subjects(log.subject_prefix, split_pools(opts["pools"]))
     subjects = tuple(opts["filter_subjects"]) + pools
     return ServiceConfig(
-        projector=ProjectorConfig(log=log, filter_subjects=tuple(dict.fromkeys(subjects))),
+        projector=ProjectorConfig(
+            log=log, filter_subjects=tuple(dict.fromkeys(subjects)), **projector_settings(opts)
+        ),
+        reaper=reaper_config(opts),
         host=opts["host"],
         port=opts["port"],
         state_dir=opts["data_dir"],

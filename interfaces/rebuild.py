@@ -59,7 +59,9 @@ async def _last_seq(config: LogConfig) -> int:
 
 async def _replay(config: LogConfig, store: DuckDBStore, last: int, progress: bool) -> None:
     """Run the daemon's own projector on the one store until it covers ``last``."""
-    projector = Projector(ProjectorConfig(log=config), [store])
+    # A rebuild starts from what the stream holds: a stream with an age or size limit has
+    # lost its oldest messages by design, so that gap is expected, not an error.
+    projector = Projector(ProjectorConfig(log=config, allow_gap=True), [store])
     async with anyio.create_task_group() as tg:
         await tg.start(projector.run)
         with _progress_bar(progress, last) as advance:

@@ -28,6 +28,7 @@ _STATUS_STYLE = {
     WorkerStatus.ONLINE: "green",
     WorkerStatus.OFFLINE: "red",
     WorkerStatus.STOPPED: "dim",
+    WorkerStatus.LOST: "magenta",
 }
 
 

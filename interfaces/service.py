@@ -34,6 +34,7 @@ from workledger.core.errors import StoreError
 from workledger.http import create_app
 from workledger.projections.daemon import Projector, ProjectorConfig
 from workledger.projections.liveness import DEFAULT_MULTIPLIER
+from workledger.projections.reaper import Reaper, ReaperConfig
 from workledger.queries import Queries
 from workledger.stores.base import Store
 from workledger.stores.duckdb import DuckDBStore
@@ -61,6 +62,7 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
     api_token: str | None = None  # the HTTP API then requires it as a bearer token
     duckdb_path: Path | None = None  # None: <state_dir>/<stream>.duckdb (see ``duckdb_file``)
     analyst_interval: float = 2.0  # seconds between analysts' copies; 0: publish none
+    reaper: ReaperConfig = msgspec.field(default_factory=ReaperConfig)  # off by default
 
     @property
     def snapshot_path(self) -> Path | None:
@@ -139,12 +141,20 @@ async def serve(
             if duck is not None:
                 tg.start_soon(_analyst_copies, duck, config)
             tg.start_soon(_stop_on_signal, server)
+            if config.reaper.enabled:
+                await tg.start(_reaper(config, store, projector).run)
             task_status.started(f"http://{host}:{port}")
     finally:
         _save(store, config)  # synchronous, so cancellation cannot cut it short
         if duck is not None:
             _publish(duck, config)  # analysts see the final state too
             duck.close()  # its last batch is committed: the task group waited for the thread
+
+
+def _reaper(config: ServiceConfig, store: MemoryStore, projector: Projector) -> Reaper:
+    """The reaper decides on the in-memory model, and only once it is caught up."""
+    ready = lambda: projector.caught_up  # noqa: E731
+    return Reaper(config.reaper, store, config.projector.log, ready=ready)
 
 
 async def _serve_http(

@@ -25,7 +25,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from workledger.core.codec import decode, stamp
 from workledger.core.errors import InvalidEventError
+from workledger.core.events import MAX_EVENT_BYTES
 from workledger.core.log import LogConfig, connect, ensure_stream
+from workledger.core.signing import Verifier, load_verifier
+from workledger.projections import _position
 from workledger.projections.views import Quarantined
 from workledger.stores.base import Batch, Sequenced, Store
 
@@ -33,6 +36,8 @@ __all__ = ["DaemonMetrics", "Listener", "Projector", "ProjectorConfig", "to_batc
 
 _log = logging.getLogger(__name__)
 _QUARANTINE_KEEP_BYTES = 4096
+_REASON_KEEP_CHARS = 1024  # a reason quotes the input; a hostile one must not grow it
+_LOGGED_PER_BATCH = 10  # quarantined messages logged one by one; the rest are counted
 
 Listener = Callable[[Batch], None]
 """Told of each batch once every store has applied it (the live feed is one). It runs on the
@@ -43,13 +48,19 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How the daemon reads the log.
 
     ``filter_subjects`` partitions the stream between daemons (e.g. one pool each); empty means
-    the whole stream.
+    the whole stream. A message bigger than ``max_event_bytes`` is quarantined undecoded.
+    ``allow_gap``: carry on (counting ``missed``) when messages the read models lack are gone
+    from the stream, instead of stopping with :class:`~workledger.core.errors.GapError`.
+    ``watch_interval``: how often the stream is checked for deletion and gaps.
     """
 
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     filter_subjects: tuple[str, ...] = ()
     max_batch: int = 5000
     buffer: int = 20_000
+    max_event_bytes: int = MAX_EVENT_BYTES
+    allow_gap: bool = False
+    watch_interval: float = 2.0
 
 
 class DaemonMetrics(msgspec.Struct, kw_only=True):
@@ -63,10 +74,20 @@ class DaemonMetrics(msgspec.Struct, kw_only=True):
     quarantined: int = 0
     fold_seconds_total: float = 0.0
     fold_seconds_max: float = 0.0
+    missed: int = 0  # messages gone from the stream before they were applied (allow_gap)
 
 
-def to_batch(messages: Sequence[Any], stream: str) -> Batch:
-    """Decode JetStream messages into a batch; a bad one is quarantined, never raised."""
+def to_batch(
+    messages: Sequence[Any],
+    stream: str,
+    *,
+    max_bytes: int = MAX_EVENT_BYTES,
+    verifier: Verifier | None = None,
+) -> Batch:
+    """Decode JetStream messages into a batch; a bad one is quarantined, never raised.
+
+    With a ``verifier``, a message not signed by a trusted key is quarantined with the reason.
+    """
     events: list[Sequenced] = []
     quarantined: list[Quarantined] = []
     last_seq = 0
@@ -74,8 +95,12 @@ def to_batch(messages: Sequence[Any], stream: str) -> Batch:
         meta = msg.metadata
         seq = meta.sequence.stream
         last_seq = max(last_seq, seq)
+        refused = verifier.check(msg.subject, msg.data, msg.headers) if verifier else None
+        if refused is not None:
+            quarantined.append(_quarantine(seq, msg.subject, refused, msg.data))
+            continue
         try:
-            event = decode(msg.data)
+            event = _decode(msg.data, max_bytes)
         except InvalidEventError as exc:
             quarantined.append(_quarantine(seq, msg.subject, str(exc), msg.data))
             continue
@@ -84,10 +109,28 @@ def to_batch(messages: Sequence[Any], stream: str) -> Batch:
     return Batch(events=events, quarantined=quarantined, last_seq=last_seq)
 
 
+def _decode(data: bytes, max_bytes: int) -> Any:
+    """Refuse an oversized message before decoding it: its size is all we need to know."""
+    if len(data) > max_bytes:
+        raise InvalidEventError(
+            f"message of {len(data)} bytes exceeds the maximum event size of {max_bytes} bytes"
+        )
+    return decode(data)
+
+
 def _quarantine(seq: int, subject: str, reason: str, data: bytes) -> Quarantined:
     return Quarantined(
-        seq=seq, subject=subject, reason=reason, data=data[:_QUARANTINE_KEEP_BYTES], size=len(data)
+        seq=seq,
+        subject=subject[:_REASON_KEEP_CHARS],
+        reason=reason[:_REASON_KEEP_CHARS],
+        data=bytes(data[:_QUARANTINE_KEEP_BYTES]),
+        size=len(data),
     )
+
+
+def _verifier(config: LogConfig) -> Verifier | None:
+    """The trusted keys, when the daemon verifies signatures (``verify_keys_dir``)."""
+    return load_verifier(config.verify_keys_dir) if config.verify_keys_dir else None
 
 
 def _utc(moment: datetime) -> datetime:
@@ -113,7 +156,10 @@ class Projector:
         self._inbox: deque[Any] = deque()
         self._arrived = anyio.Event()
         self._drained = anyio.Event()
+        self._verifier = _verifier(config.log)
         self._client: Any = None  # the NATS client while running
+        self._received = 0  # the highest stream sequence delivered so far
+        self._stream_last = 0  # the stream's last sequence when last looked at
         self.listeners: list[Listener] = []
 
     @property
@@ -125,6 +171,15 @@ class Projector:
     def connected(self) -> bool:
         """Connected to NATS at this moment: False while the client is reconnecting."""
         return self.metrics.connected and bool(self._client and self._client.is_connected)
+
+    @property
+    def caught_up(self) -> bool:
+        """Applied everything the stream held when last looked at (every ``watch_interval``),
+        or, filtered, everything the consumer had pending: the model is current."""
+        if not self.connected or self._inbox:
+            return False
+        drained = self.metrics.batches > 0 and self.metrics.lag == 0
+        return drained or self.checkpoint >= self._stream_last
 
     async def wait_for(self, seq: int, timeout: float | None = None) -> bool:  # noqa: ASYNC109
         """Wait until the stores cover stream sequence ``seq``; False on timeout."""
@@ -140,15 +195,43 @@ class Projector:
         try:
             js = nc.jetstream()
             await ensure_stream(js, self.config.log)
+            self._received = self.checkpoint
+            await self._check_stream(js)
             self.metrics.connected = True
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._fold)
                 await self._subscribe(js)
+                tg.start_soon(self._watch, js)
                 task_status.started()
         finally:
             self.metrics.connected = False
             with anyio.CancelScope(shield=True):
                 await nc.close()
+
+    async def _check_stream(self, js: Any) -> None:
+        """Is the stream still there, and does it still hold what the stores lack?"""
+        state = await _position.stream_state(js, self.config.log)
+        _position.check_not_behind(state, self.checkpoint, self.config.log.stream)
+        self._stream_last = int(state.last_seq)
+        if not self.config.filter_subjects:  # filtered, sequences skip by design
+            self._gap(_position.expired(state, self._received))
+
+    async def _watch(self, js: Any) -> None:
+        """Notice a stream deleted under us, or messages expiring before we read them."""
+        while True:
+            await anyio.sleep(self.config.watch_interval)
+            await self._check_stream(js)
+
+    def _gap(self, gap: tuple[int, int] | None) -> None:
+        """Stop with a clear error, or with ``allow_gap`` count it and carry on."""
+        if gap is None:
+            return
+        error = _position.gap_error(self.config.log.stream, *gap)
+        if not self.config.allow_gap:
+            raise error
+        self.metrics.missed += gap[1] - gap[0] + 1
+        self._received = max(self._received, gap[1])
+        _log.error("%s; carrying on (--allow-gap)", error)
 
     async def _subscribe(self, js: Any) -> None:
         """An ordered consumer from the checkpoint; nats-py resets it from the last sequence
@@ -176,6 +259,7 @@ class Projector:
         pile up into large batches while a batch is being applied; a full inbox makes it wait,
         which stops delivery (flow control then holds the rest on the server)."""
         self._inbox.append(msg)
+        self._received = max(self._received, msg.metadata.sequence.stream)
         self._arrived.set()
         while len(self._inbox) >= self.config.buffer:
             await self._drained.wait()
@@ -196,7 +280,15 @@ class Projector:
         fresh = [m for m in messages if m.metadata.sequence.stream > done]
         if not fresh:
             return  # a redelivery after a consumer reset: already applied
-        batch = to_batch(fresh, self.config.log.stream)
+        if not self.config.filter_subjects:
+            for gap in _position.skipped(done, [m.metadata.sequence.stream for m in fresh]):
+                self._gap(gap)
+        batch = to_batch(
+            fresh,
+            self.config.log.stream,
+            max_bytes=self.config.max_event_bytes,
+            verifier=self._verifier,
+        )
         began = time.perf_counter()
         for store in self.stores:
             await _apply_to(store, _past(batch, store.stats().checkpoint))
@@ -221,8 +313,11 @@ class Projector:
         m.quarantined += len(batch.quarantined)
         m.fold_seconds_total += seconds
         m.fold_seconds_max = max(m.fold_seconds_max, seconds)
-        for q in batch.quarantined:
+        for q in batch.quarantined[:_LOGGED_PER_BATCH]:
             _log.warning("set aside message %d on %s: %s", q.seq, q.subject, q.reason)
+        if len(batch.quarantined) > _LOGGED_PER_BATCH:
+            more = len(batch.quarantined) - _LOGGED_PER_BATCH
+            _log.warning("set aside %d more messages in this batch (`workledger quarantine`)", more)
 
 
 def _past(batch: Batch, checkpoint: int) -> Batch:

@@ -10,6 +10,11 @@ Precedence rules, after celery's ``events/state.py`` but made order-free:
 - ``task.retrying`` closes the current slot stretch; claims and starts before it no longer count;
 - within the current stretch, started beats claimed whatever their times say (producer clocks
   drift), so a late ``claimed`` never turns RUNNING back into PENDING and never undoes a terminal.
+
+Workers: ``worker.lost`` (a reaper's verdict) ends the session its ``last_seen`` falls in and
+makes the worker LOST until a ``worker.started`` after that ``last_seen``; ``worker.forgotten``
+hides the worker from the live view until it starts or shows life again. Neither is a sign of
+life, and neither touches its history (sessions, slot stretches).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ _TERMINAL_STATUS: dict[type[ev.Event], TaskStatus] = {
     ev.TaskCancelled: TaskStatus.CANCELLED,
     ev.TaskCrashed: TaskStatus.CRASHED,
 }
+
+
+_VERDICTS = (ev.WorkerLost, ev.WorkerForgotten)  # about a worker, but not from it
 
 
 def _later(current: ev.Event | None, candidate: ev.Event) -> bool:
@@ -210,9 +218,11 @@ class _WorkerRecord:
     stops: dict[str, ev.WorkerStopped] = field(default_factory=dict)
     subscriptions: dict[str, ev.WorkerSubscribed] = field(default_factory=dict)
     seen: ev.Event | None = None  # the latest event naming the worker: its last sign of life
+    losts: dict[str, ev.WorkerLost] = field(default_factory=dict)
+    forgotten: ev.WorkerForgotten | None = None
 
     def apply(self, event: ev.Event) -> None:
-        if _later(self.seen, event):
+        if not isinstance(event, _VERDICTS) and _later(self.seen, event):
             self.seen = event
         if isinstance(event, ev.TaskClaimed | ev.TaskStarted):
             return  # seen, but a task event says nothing about registration
@@ -232,11 +242,36 @@ class _WorkerRecord:
                     self.stopped = event
             case ev.WorkerSubscribed() if self._current(event):
                 self.subscriptions[event.id] = event
+            case ev.WorkerLost():
+                self.losts[event.id] = event
+            case ev.WorkerForgotten() if _later(self.forgotten, event):
+                self.forgotten = event
 
     def retained(self) -> list[ev.Event]:
         """The events this record still depends on; folding them alone rebuilds it."""
-        kept = [self.latest, self.seen, *self.starts.values(), *self.stops.values()]
+        kept = [self.latest, self.seen, self.forgotten, *self.starts.values()]
+        kept += [*self.stops.values(), *self.losts.values()]
         return [e for e in kept if e is not None] + list(self.subscriptions.values())
+
+    @property
+    def is_forgotten(self) -> bool:
+        """Forgotten after its latest start and its last sign of life: out of the live view."""
+        gone = self.forgotten
+        return gone is not None and _later(self.started, gone) and _later(self.seen, gone)
+
+    def _loss(
+        self, start: ev.WorkerStarted | None, following: ev.WorkerStarted | None
+    ) -> ev.WorkerLost | None:
+        """The latest verdict whose ``last_seen`` falls in the session from ``start``."""
+        since = start.order_key[0] if start else None
+        until = following.order_key[0] if following else None
+        losses = [
+            lost
+            for lost in self.losts.values()
+            if (since is None or lost.last_seen >= since)
+            and (until is None or lost.last_seen < until)
+        ]
+        return max(losses, key=lambda lost: lost.order_key, default=None)
 
     def sessions(self) -> list[WorkerSession]:
         """Each run of the worker, from each ``worker.started``, in order."""
@@ -247,7 +282,7 @@ class _WorkerRecord:
         for i, start in enumerate(starts):
             following = starts[i + 1] if i + 1 < len(starts) else None
             limit = following.order_key if following else None
-            stop = next(
+            stop: ev.Event | None = next(
                 (
                     s
                     for s in stops
@@ -255,6 +290,7 @@ class _WorkerRecord:
                 ),
                 None,
             )
+            stop = stop or self._loss(start, following)
             sessions.append(
                 WorkerSession(
                     worker=self.worker,
@@ -294,6 +330,7 @@ class _WorkerRecord:
             stop_reason=stop.reason if stop else None,
             last_seen=self.seen.at if self.seen else None,
             stopped=stop is not None and _later(reg, stop),
+            lost=self._loss(reg, None) is not None,
         )
 
 
@@ -411,9 +448,9 @@ class Ledger:
         return record.view() if record else None
 
     def worker(self, worker: str) -> WorkerView | None:
-        """The worker's current view, or None if no event named it."""
+        """The worker's current view, or None if no event named it or it was forgotten."""
         record = self._workers.get(worker)
-        return record.view() if record else None
+        return record.view() if record and not record.is_forgotten else None
 
     def pool(self, pool: str) -> PoolView | None:
         """The pool's settings, or None if no pool event named it."""

@@ -1,7 +1,8 @@
 """The one liveness rule, used by every store and interface.
 
 A worker is ONLINE while ``now - last_seen <= heartbeat_interval * multiplier``, OFFLINE after,
-and STOPPED once its latest registration is followed by ``worker.stopped``.
+STOPPED once its latest registration is followed by ``worker.stopped``, and LOST once a
+reaper's ``worker.lost`` covers it (both final until it starts again).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ def liveness(
     """The worker's status as seen at ``now``."""
     if worker.stopped:
         return WorkerStatus.STOPPED
+    if worker.lost:
+        return WorkerStatus.LOST
     if worker.last_seen is None:
         return WorkerStatus.OFFLINE
     grace = timedelta(seconds=worker.heartbeat_interval * multiplier)

@@ -53,11 +53,16 @@ _TERMINAL = frozenset(
 
 
 class WorkerStatus(enum.StrEnum):
-    """Computed at query time from the last event seen and the query's clock."""
+    """Computed at query time from the last event seen and the query's clock.
+
+    STOPPED and LOST are final until the worker starts again: STOPPED by the worker's own
+    ``worker.stopped``, LOST by a reaper's ``worker.lost``.
+    """
 
     ONLINE = "ONLINE"
     OFFLINE = "OFFLINE"
     STOPPED = "STOPPED"
+    LOST = "LOST"
 
 
 class TaskView(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +105,7 @@ class WorkerView(msgspec.Struct, frozen=True, kw_only=True):
     stop_reason: str | None = None
     last_seen: datetime | None = None
     stopped: bool = False
+    lost: bool = False  # declared dead by ``worker.lost`` since its latest start
 
 
 class WorkerWithStatus(msgspec.Struct, frozen=True, kw_only=True):
@@ -186,8 +192,9 @@ class SlotInterval(msgspec.Struct, frozen=True, kw_only=True):
 class WorkerSession(msgspec.Struct, frozen=True, kw_only=True):
     """One run of a worker, from a ``worker.started``.
 
-    It ends at its ``worker.stopped``; failing that, at the worker's next start; failing that
-    (the latest session), when it went OFFLINE: ``last_seen`` plus the liveness grace, which
+    It ends at its ``worker.stopped``, or at the ``worker.lost`` that declared it dead;
+    failing that, at the worker's next start; failing that (the latest session), when it went
+    OFFLINE: ``last_seen`` plus the liveness grace, which
     depends on the query's multiplier and so is decided at query time.
     """
 

@@ -28,7 +28,7 @@ __all__ = [
     "Table",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: workers.lost
 
 
 class _Type(NamedTuple):
@@ -128,6 +128,7 @@ WORKERS = Table(
         "stop_reason": _TEXT,
         "last_seen": _TIME,
         "stopped": _BOOL,
+        "lost": _BOOL,
     },
     key=("worker",),
 )
@@ -247,7 +248,7 @@ VIEWS = {
                coalesce(len(h.tasks), 0)::INTEGER AS held,
                greatest(w.slots - coalesce(len(h.tasks), 0), 0)::INTEGER AS free_slots,
                coalesce(h.tasks, []::VARCHAR[]) AS tasks,
-               w.stopped, w.last_seen, w.heartbeat_interval,
+               w.stopped, w.lost, w.last_seen, w.heartbeat_interval,
                w.last_seen + to_microseconds((w.heartbeat_interval * 3e6)::BIGINT)
                    AS online_until
         FROM workers w LEFT JOIN (

@@ -92,6 +92,8 @@ class MemoryStore:
             view = self._ledger.worker(worker_id)
             if view is not None:
                 self._workers[worker_id] = view
+            else:  # forgotten: out of the live view, its sessions stay
+                self._workers.pop(worker_id, None)
             self._sessions[worker_id] = self._ledger.sessions(worker_id)
         changes.clear()
 

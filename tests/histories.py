@@ -63,6 +63,8 @@ def _worker_events() -> st.SearchStrategy[ev.Event]:
         st.builds(
             ev.WorkerStopped, worker=workers, pool=pools, reason=st.none() | st.just("shutdown")
         ),
+        st.builds(ev.WorkerLost, worker=workers, pool=pools, last_seen=times),
+        st.builds(ev.WorkerForgotten, worker=workers, pool=pools),
     )
 
 
