@@ -23,11 +23,10 @@ from pathlib import Path
 
 import duckdb
 import msgspec
+from duckdb_apply import history  # type: ignore[import-not-found]  # run from benchmarks/
 
 from workledger.stores.base import Batch, Sequenced
 from workledger.stores.duckdb import DuckDBStore
-
-from duckdb_apply import history  # type: ignore[import-not-found]  # run from benchmarks/
 
 Publish = Callable[[duckdb.DuckDBPyConnection, Path, Path], None]
 
