@@ -123,6 +123,8 @@ def test_the_wheel_holds_only_the_workledger_namespace(wheel: Path) -> None:
     assert "workledger/py.typed" in names
     for module in ("core/events.py", "stores/memory.py", "projections/fold.py", "cli.py"):
         assert f"workledger/{module}" in names
+    for asset in ("fleet.html", "fleet.css", "fleet.js"):  # the live page, read at run time
+        assert f"workledger/static/{asset}" in names
 
 
 @pytest.mark.slow
