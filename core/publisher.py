@@ -35,6 +35,7 @@ from workledger.core._nats_errors import describe
 from workledger.core.errors import LogError, PublishError, StreamNotFoundError
 from workledger.core.events import MAX_EVENT_BYTES, Event
 from workledger.core.log import LogConfig, connect, stream_info, subject_for
+from workledger.core.signing import HEADER, Signer, load_signer
 
 __all__ = ["Encoding", "Failure", "Publisher", "SyncPublisher"]
 
@@ -57,12 +58,22 @@ class Failure(NamedTuple):
 class _Pending:
     """One accepted event until it is acknowledged (or refused for good)."""
 
-    __slots__ = ("attempt", "data", "due", "event_id", "no_stream_since", "subject", "waiter")
+    __slots__ = (
+        "attempt",
+        "data",
+        "due",
+        "event_id",
+        "headers",
+        "no_stream_since",
+        "subject",
+        "waiter",
+    )
 
     def __init__(self, event_id: str, subject: str, data: bytes) -> None:
         self.event_id = event_id
         self.subject = subject
         self.data = data
+        self.headers = {_MSG_ID: event_id}  # and the signature, when signing
         self.attempt = 0  # numbers the sends; only the latest one's error counts
         self.due = 0.0  # monotonic time at which to publish (again)
         self.no_stream_since: float | None = None
@@ -87,6 +98,10 @@ class Publisher:
     feels when NATS is slow or away. While NATS is unreachable, publish therefore blocks once
     the buffer fills; wrap it in your own timeout if you must not wait.
 
+    **Signing**: with ``config.sign_key_file`` (or :attr:`signer` set), every event carries a
+    ``Wl-Signature`` header over its subject and exact bytes (:mod:`workledger.core.signing`),
+    so a daemon that verifies knows which service wrote it. Retries resend the same signature.
+
     **Size**: an encoded event bigger than :attr:`max_event_bytes` (the daemons' default
     limit, 256 KiB; set the attribute to match theirs) or the server's max payload is refused
     at once with :class:`PublishError`, before anything is sent: a daemon would only set it
@@ -110,6 +125,9 @@ class Publisher:
         self.config = config
         self.ack_timeout = ack_timeout
         self._encode = _ENCODERS[encoding]
+        self.signer: Signer | None = (
+            load_signer(config.sign_key_file) if config.sign_key_file else None
+        )
         self._slots = asyncio.Semaphore(max_in_flight)
         self._pending: dict[int, _Pending] = {}
         self._next_key = 0
@@ -254,6 +272,8 @@ class Publisher:
         event = codec.stamp(event)
         entry = _Pending(event.id, subject_for(self.config.subject_prefix, event), b"")
         entry.data = self._encode(event)
+        if self.signer is not None:
+            entry.headers[HEADER] = self.signer.header(entry.subject, entry.data)
         self._check_size(entry)
         return entry
 
@@ -291,9 +311,7 @@ class Publisher:
         entry.due = time.monotonic() + self.ack_timeout
         reply = f"{self._inbox}.{key}.{entry.attempt}"
         try:
-            await self._nc.publish(
-                entry.subject, entry.data, reply=reply, headers={_MSG_ID: entry.event_id}
-            )
+            await self._nc.publish(entry.subject, entry.data, reply=reply, headers=entry.headers)
         except nats.errors.Error as exc:
             _log.debug("publish of %s deferred: %s", entry.event_id, describe(exc))
             entry.due = time.monotonic() + _RETRY_BACKOFF
