@@ -4,6 +4,8 @@ where the answer depends on NATS (health, metrics, the token a process is starte
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -372,3 +374,17 @@ def test_the_cli_shows_pools_and_queues_with_status_and_sends_the_token(
         )
         assert '"worker": "us"' in labelled.stdout, labelled.stderr
     assert "WORKLEDGER_API_TOKEN" not in os.environ
+
+
+def test_the_api_benchmark_runs_on_a_tiny_fleet() -> None:
+    """benchmarks/api.py prints a row per endpoint; timings are its business, not a test's."""
+    script = Path(__file__).parent.parent / "benchmarks" / "api.py"
+    result = subprocess.run(
+        [sys.executable, str(script), "--workers", "40", "--tasks", "200", "--requests", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "GET /v1/pools" in result.stdout
