@@ -27,7 +27,7 @@ import anyio
 import msgspec
 from litestar import Router, get
 from litestar.exceptions import NotFoundException, ValidationException
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from workledger.projections.feed import Feed, FeedFilter, FeedViews, Subscription
@@ -37,7 +37,7 @@ __all__ = ["feed_router", "open_feed"]
 
 _log = logging.getLogger(__name__)
 _RETRY_MS = 1000
-_Id = Annotated[str | None, Parameter(min_length=1, max_length=512)]
+_Id = Annotated[str | None, QueryParameter(min_length=1, max_length=512)]
 
 
 def open_feed(queries: Queries) -> Feed | None:
@@ -66,10 +66,10 @@ def feed_router(queries: Queries) -> Router:
         worker: _Id = None,
         task: _Id = None,
         queue: _Id = None,
-        event_type: Annotated[list[str] | None, Parameter(query="type", max_items=64)] = None,
-        after: Annotated[int | None, Parameter(ge=0)] = None,
-        last_event_id: Annotated[str | None, Parameter(header="Last-Event-ID")] = None,
-        heartbeat: Annotated[float, Parameter(ge=0.1, le=300)] = 15.0,
+        event_type: Annotated[list[str] | None, QueryParameter(name="type", max_items=64)] = None,
+        after: Annotated[int | None, QueryParameter(ge=0)] = None,
+        last_event_id: Annotated[str | None, HeaderParameter(name="Last-Event-ID")] = None,
+        heartbeat: Annotated[float, QueryParameter(ge=0.1, le=300)] = 15.0,
     ) -> ServerSentEvent:
         if feed is None:
             raise NotFoundException("this daemon has no live feed (its store cannot serve one)")

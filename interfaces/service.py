@@ -46,7 +46,7 @@ _log = logging.getLogger(__name__)
 # Live-feed streams never finish on their own, and uvicorn waits for every open response
 # before it stops: after this many seconds it cancels them, so a dashboard never holds a
 # SIGTERM up for longer.
-_GRACE_SECONDS = 1.0
+_GRACE_SECONDS = 1  # uvicorn takes whole seconds
 _PAUSE_PER_COPY = 4.0  # the analysts' copy: pause at least 4x as long as a copy took
 
 

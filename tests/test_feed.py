@@ -10,20 +10,25 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+import anyio
 import httpx
 import pytest
+import uvicorn
 
 from workledger.cli_tail import _messages
 from workledger.core import events as ev
 from workledger.core.log import LogConfig
 from workledger.core.publisher import SyncPublisher
+from workledger.http import create_app
+from workledger.projections.daemon import Projector, ProjectorConfig
 from workledger.projections.feed import Feed, FeedFilter, Gap
+from workledger.queries import Queries
 from workledger.stores.base import Batch, Sequenced
 from workledger.stores.memory import MemoryStore
 
@@ -173,6 +178,56 @@ async def test_events_the_store_had_before_the_feed_existed_are_not_sent_again()
     fed.apply(story()[4:5])
     late.publish(Batch(events=[Sequenced(5, "s", story()[4])], last_seq=5))
     assert [e.seq for e in await sub.next(0.01)] == [5]
+
+
+# --- the HTTP route in-process -------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_route_sends_keep_alives_and_unsubscribes_a_client_that_hangs_up() -> None:
+    """Comments keep an idle stream open; a disconnect leaves no subscriber behind."""
+    store = MemoryStore()
+    projector = Projector(ProjectorConfig(), [store])
+    app = create_app(Queries(store, projector=projector))
+    (publish_to_feed,) = projector.listeners
+    live: Feed = publish_to_feed.__self__  # type: ignore[attr-defined]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    sock = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1/feed"
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        async with httpx.AsyncClient(timeout=10) as client:
+            await _until_answered(client, url)
+            async with client.stream("GET", url, params={"heartbeat": 0.1}) as response:
+                lines = response.aiter_lines()
+                assert await anext(lines) == "event: ready"
+                assert live.subscribers == 1
+                with anyio.fail_after(5):
+                    while await anext(lines) != ": keep-alive":
+                        pass
+        await _eventually(lambda: live.subscribers == 0)
+        server.should_exit = True
+
+
+async def _until_answered(client: httpx.AsyncClient, url: str) -> None:
+    """The server is up once a request (a cheap refused one) gets any answer."""
+
+    async def answered() -> bool:
+        try:
+            await client.get(url, params={"type": "nope"})
+        except httpx.TransportError:
+            return False
+        return True
+
+    with anyio.fail_after(10):
+        while not await answered():  # noqa: ASYNC110 (polling another server)
+            await anyio.sleep(0.02)
+
+
+async def _eventually(condition: Callable[[], bool], timeout: float = 5) -> None:  # noqa: ASYNC109
+    with anyio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110 (nothing to wait on from outside)
+            await anyio.sleep(0.01)
 
 
 # --- the daemon's /v1/feed -----------------------------------------------------------------------
