@@ -36,6 +36,7 @@ from workledger.core.events import Event
 from workledger.core.log import LogConfig
 from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Publisher
+from workledger.projections._groups import plain_errors
 from workledger.projections.daemon import ProjectorConfig
 from workledger.projections.partitions import pool_subjects, split_pools
 from workledger.projections.views import TaskStatus, WorkerStatus
@@ -177,7 +178,7 @@ def project(servers: tuple[str, ...], stream: str, subject_prefix: str, **opts: 
 
 
 async def _project(config: ServiceConfig) -> None:
-    async with anyio.create_task_group() as tg:
+    async with plain_errors(), anyio.create_task_group() as tg:
         url = await tg.start(serve, config)
         log = config.projector.log
         click.echo(f"workledger daemon: API {url}, stream {log.stream} on {log.servers[0]}")
@@ -219,7 +220,7 @@ def up(
 
 
 async def _up(config: ServiceConfig, demo_workers: int, embedded: EmbeddedNats | None) -> None:
-    async with anyio.create_task_group() as tg:
+    async with plain_errors(), anyio.create_task_group() as tg:
 
         async def service(*, task_status: anyio.abc.TaskStatus[str]) -> None:
             await serve(config, task_status=task_status)

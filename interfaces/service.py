@@ -32,6 +32,7 @@ from anyio.abc import TaskStatus
 
 from workledger.core.errors import StoreError
 from workledger.http import create_app
+from workledger.projections._groups import plain_errors
 from workledger.projections.daemon import Projector, ProjectorConfig
 from workledger.projections.liveness import DEFAULT_MULTIPLIER
 from workledger.projections.reaper import Reaper, ReaperConfig
@@ -134,7 +135,7 @@ async def serve(
     sock = _bind(config.host, config.port)
     host, port = sock.getsockname()[:2]
     try:
-        async with anyio.create_task_group() as tg:
+        async with plain_errors(), anyio.create_task_group() as tg:
             await tg.start(projector.run)
             tg.start_soon(_serve_http, server, sock, tg.cancel_scope)
             tg.start_soon(_snapshots, store, config)

@@ -28,7 +28,7 @@ from workledger.core.errors import InvalidEventError
 from workledger.core.events import MAX_EVENT_BYTES
 from workledger.core.log import LogConfig, connect, ensure_stream
 from workledger.core.signing import Verifier, load_verifier
-from workledger.projections import _position
+from workledger.projections import _groups, _position
 from workledger.projections.views import Quarantined
 from workledger.stores.base import Batch, Sequenced, Store
 
@@ -160,6 +160,7 @@ class Projector:
         self._client: Any = None  # the NATS client while running
         self._received = 0  # the highest stream sequence delivered so far
         self._stream_last = 0  # the stream's last sequence when last looked at
+        self._missed_upto = 0  # gaps up to here are already counted (allow_gap)
         self.listeners: list[Listener] = []
 
     @property
@@ -198,7 +199,7 @@ class Projector:
             self._received = self.checkpoint
             await self._check_stream(js)
             self.metrics.connected = True
-            async with anyio.create_task_group() as tg:
+            async with _groups.plain_errors(), anyio.create_task_group() as tg:
                 tg.start_soon(self._fold)
                 await self._subscribe(js)
                 tg.start_soon(self._watch, js)
@@ -231,6 +232,7 @@ class Projector:
             raise error
         self.metrics.missed += gap[1] - gap[0] + 1
         self._received = max(self._received, gap[1])
+        self._missed_upto = max(self._missed_upto, gap[1])
         _log.error("%s; carrying on (--allow-gap)", error)
 
     async def _subscribe(self, js: Any) -> None:
@@ -281,7 +283,8 @@ class Projector:
         if not fresh:
             return  # a redelivery after a consumer reset: already applied
         if not self.config.filter_subjects:
-            for gap in _position.skipped(done, [m.metadata.sequence.stream for m in fresh]):
+            after = max(done, self._missed_upto)
+            for gap in _position.skipped(after, [m.metadata.sequence.stream for m in fresh]):
                 self._gap(gap)
         batch = to_batch(
             fresh,

@@ -106,6 +106,8 @@ def one_of_each() -> list[ev.Event]:
         ev.PoolUpdated(pool="etl", paused=True, **at(22)),
         ev.QueueUpdated(pool="etl", queue="fast lane", concurrency_limit=None, **at(23)),
         ev.WorkerStopped(worker="w.1", pool="etl", reason="deploy", **at(24)),
+        ev.WorkerLost(worker="w 2", pool="etl", last_seen=BASE, reason="silent", **at(25)),
+        ev.WorkerForgotten(worker="w 2", pool="etl", **at(26)),
     ]
 
 

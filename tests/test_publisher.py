@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -32,6 +33,8 @@ def _one_of_each() -> list[ev.Event]:
         ev.WorkerHeartbeat(worker="w1", pool="gpu"),
         ev.WorkerSubscribed(worker="w1", pool="gpu", task_keys=("resize",)),
         ev.WorkerStopped(worker="w1", pool="gpu", reason="deploy"),
+        ev.WorkerLost(worker="w2", pool="gpu", last_seen=datetime(2026, 1, 1, tzinfo=UTC)),
+        ev.WorkerForgotten(worker="w2", pool="gpu"),
         ev.TaskSubmitted(task="t1", pool="gpu", queue="q", task_key="resize", priority=2),
         ev.TaskClaimed(task="t1", worker="w1", queue="q"),
         ev.TaskStarted(task="t1", worker="w1"),

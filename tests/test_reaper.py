@@ -1,4 +1,4 @@
-"""Dead workers release their slots: worker.lost, worker.forgotten and the reaper that sends them."""
+"""Dead workers release their slots: worker.lost, worker.forgotten and the reaper behind them."""
 
 from __future__ import annotations
 
@@ -21,10 +21,13 @@ from workledger.stores.base import Store
 from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
 
+from . import test_store_contract as contract
 from .conftest import StoredMessage, read_all
 from .histories import BASE
 from .test_fold import at, model
-from .test_store_contract import MakeStore, applied, make_store  # noqa: F401 (the fixture)
+from .test_store_contract import MakeStore, applied
+
+make_store = contract.make_store  # the contract suite's fixture: every test runs on both stores
 
 REAP = ReaperConfig(lost_after=60, forget_after=3600, interval=0.05)
 
@@ -161,8 +164,8 @@ async def test_two_daemons_reaping_at_once_publish_each_verdict_exactly_once(
             reaper = Reaper(config, group[0], log_stream, ready=lambda p=projector: p.caught_up)
             await tg.start(reaper.run)
         with anyio.fail_after(20):
-            while not all(_freed(group) for group in stores):
-                await anyio.sleep(0.05)
+            while not all(_freed(group) for group in stores):  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # two daemons' verdicts: no single event to wait on
         tg.cancel_scope.cancel()
     stored = await read_all(log_stream)
     assert _verdicts(stored) == {"worker.lost": ["silent"], "task.crashed": ["t0", "t1", "t2"]}
