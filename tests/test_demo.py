@@ -135,7 +135,8 @@ async def test_the_demo_fleet_keeps_its_rules_in_every_event_it_publishes(
     assert len(events) == stats.total
     assert Counter(e.type for e in events) == stats.counts
     assert set(announced) == {"pool.created", "queue.created", "worker.started"}
-    assert set(stats.counts) == set(ev.event_types()), "every event family appears"
+    verdicts = {"worker.lost", "worker.forgotten"}  # the daemon's reaper sends these, not producers
+    assert set(stats.counts) == set(ev.event_types()) - verdicts, "every producer event appears"
     assert {e.pool for e in events if isinstance(e, ev.PoolCreated)} == {
         "etl",
         "ml.gpu",

@@ -24,12 +24,16 @@ from hypothesis import strategies as st
 
 from workledger.core import events as ev
 from workledger.core.codec import encode_json, encode_msgpack
+from workledger.core.errors import PublishError
+from workledger.core.log import LogConfig
+from workledger.core.publisher import Publisher
 from workledger.projections.daemon import to_batch
 from workledger.projections.utilization import utilization
 from workledger.stores.base import Batch
 from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
 
+from .conftest import read_all
 from .test_daemon import one_of_each
 
 PER_EXAMPLE = 1000
@@ -312,3 +316,19 @@ def test_utilization_runs_over_fuzzed_stores() -> None:
         until=NOW,
         now=NOW,
     )
+
+
+@pytest.mark.anyio
+async def test_the_publisher_refuses_an_event_over_the_size_limit_before_sending(
+    log_stream: LogConfig,
+) -> None:
+    """PublishError at once, listed in .failed, and nothing reaches the stream."""
+    big = ev.TaskSubmitted(task="t", pool="p", queue="q", item="x" * 2000)
+    async with Publisher(log_stream) as pub:
+        pub.max_event_bytes = 1000
+        with pytest.raises(PublishError, match="exceeds the maximum event size"):
+            await pub.publish(big)
+        (failure,) = pub.failed
+        size, _, reason = failure.reason.partition(" bytes ")
+        assert (int(size) > 2000, reason) == (True, "exceeds the maximum event size")
+    assert await read_all(log_stream) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
@@ -92,6 +94,8 @@ def _one_of_each() -> list[ev.Event]:
         ev.WorkerHeartbeat(worker="w1", pool="gpu"),
         ev.WorkerSubscribed(worker="w1", pool="gpu", task_keys=("k",)),
         ev.WorkerStopped(worker="w1", pool="gpu"),
+        ev.WorkerLost(worker="w1", pool="gpu", last_seen=datetime(2026, 1, 1, tzinfo=UTC)),
+        ev.WorkerForgotten(worker="w1", pool="gpu"),
         ev.TaskSubmitted(task="t1", pool="gpu", queue="q"),
         ev.TaskClaimed(task="t1", worker="w1"),
         ev.TaskStarted(task="t1", worker="w1"),
