@@ -305,4 +305,3 @@ async def _purge_before(config: LogConfig, seq: int) -> None:
         await client.jetstream().purge_stream(config.stream, seq=seq)
     finally:
         await client.close()
-
