@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 import pytest
+from hypothesis import settings
 
 from workledger.core import codec
 from workledger.core.events import Event
@@ -23,6 +24,11 @@ from workledger.core.log import LogConfig, connect, ensure_stream, stream_info
 from workledger.core.nats_server import EmbeddedNats
 
 _T = TypeVar("_T")
+
+# Hypothesis' per-example deadline measures the machine's load as much as our code: on 2 shared
+# cores it fails healthy tests. Speed is measured in benchmarks/, not here.
+settings.register_profile("workledger", deadline=None)
+settings.load_profile("workledger")
 
 
 class StoredMessage(NamedTuple):
