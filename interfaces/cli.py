@@ -247,14 +247,18 @@ def _print_welcome(
         "workledger is up.",
         f"  NATS   {nats}{where}, stream {config.projector.log.stream}",
         f"  API    {url}  (OpenAPI: {url}/schema)",
+        f"  fleet  {url}/  (the live page)",
     ]
+    if config.analyst_file is not None:
+        lines.append(f"  data   {config.analyst_file}  (for notebooks: workledger.analysis)")
     if demo_workers:
         lines.append(f"  demo   {demo_workers} workers publishing a simulated fleet")
     lines += [
         "Ask it, in another terminal:",
         f"  .venv/bin/workledger workers --api {url}",
         f"  .venv/bin/workledger slots --api {url}",
-        f"  .venv/bin/workledger tasks --status RUNNING --api {url}",
+        f"  .venv/bin/workledger utilization --by pool --bucket 1m --api {url}",
+        f"  .venv/bin/workledger tail --api {url}",
         "Stop with Ctrl-C.",
     ]
     click.echo("\n".join(lines))
