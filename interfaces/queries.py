@@ -61,7 +61,12 @@ def _utcnow() -> datetime:
 
 
 class Queries:
-    """Answers questions from a store; the clock lives here, never in a store or fold."""
+    """Answers questions from a store; the clock lives here, never in a store or fold.
+
+    ``history``, when given, is a store that reads safely from other threads (DuckDB) and
+    answers the heavy historical question, utilization, off the event loop; live questions
+    stay on ``store`` (in memory). Both hold the same model, so the numbers are the same.
+    """
 
     def __init__(
         self,
@@ -70,11 +75,13 @@ class Queries:
         projector: Projector | None = None,
         multiplier: float = DEFAULT_MULTIPLIER,
         clock: Callable[[], datetime] = _utcnow,
+        history: Store | None = None,
     ) -> None:
         self.store = store
         self.projector = projector
         self.multiplier = multiplier
         self.clock = clock
+        self.history = history
 
     def workers(
         self,
@@ -190,7 +197,7 @@ class Queries:
         end = _moment(until, now) if until is not None else now
         start = _moment(since, now) if since is not None else end - timedelta(hours=1)
         width = parse_bucket(bucket) if isinstance(bucket, str) else bucket
-        return self.store.utilization(
+        return (self.history or self.store).utilization(
             by=by, since=start, until=end, now=now, bucket=width, multiplier=self.multiplier
         )
 

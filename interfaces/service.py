@@ -125,7 +125,7 @@ async def serve(
     duck = DuckDBStore(config.duckdb_file) if config.duckdb_file is not None else None
     stores: list[Store] = [store] if duck is None else [store, duck]
     projector = Projector(config.projector, stores)
-    queries = Queries(store, projector=projector, multiplier=config.multiplier)
+    queries = Queries(store, projector=projector, multiplier=config.multiplier, history=duck)
     app = create_app(queries, api_token=config.api_token)
     server = _Server(
         uvicorn.Config(
