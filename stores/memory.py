@@ -13,9 +13,11 @@ import tempfile
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
+from itertools import islice
 from pathlib import Path
 
 import msgspec
+from sortedcontainers import SortedList
 
 from workledger.core.errors import StoreError
 from workledger.core.events import EventType
@@ -59,7 +61,10 @@ class MemoryStore:
         self._ledger = Ledger()
         self._tasks: dict[str, TaskView] = {}
         self._workers: dict[str, WorkerView] = {}
-        self._by_status: dict[TaskStatus, set[str]] = {s: set() for s in TaskStatus}
+        # Newest-updated first, per status and overall, so `tasks(limit=...)` reads only what
+        # it returns instead of sorting every task on each query.
+        self._by_status: dict[TaskStatus, SortedList] = {s: SortedList() for s in TaskStatus}
+        self._newest = SortedList()
         self._held_by: dict[str, set[str]] = {}  # worker -> tasks holding one of its slots
         self._intervals: dict[str, list[SlotInterval]] = {}
         self._sessions: dict[str, list[WorkerSession]] = {}
@@ -105,10 +110,12 @@ class MemoryStore:
         self._tasks[task_id] = new
         self._intervals[task_id] = self._ledger.intervals(task_id)
         if old is not None:
-            self._by_status[old.status].discard(task_id)
+            self._by_status[old.status].discard(_newest_first(old))
+            self._newest.discard(_newest_first(old))
             if old.status.holds_slot and old.worker is not None:
                 self._held_by.get(old.worker, set()).discard(task_id)
-        self._by_status[new.status].add(task_id)
+        self._by_status[new.status].add(_newest_first(new))
+        self._newest.add(_newest_first(new))
         if new.status.holds_slot and new.worker is not None:
             self._held_by.setdefault(new.worker, set()).add(task_id)
 
@@ -133,8 +140,8 @@ class MemoryStore:
         worker: str | None = None,
         limit: int = 100,
     ) -> list[TaskView]:
-        ids: Iterable[str] = self._by_status[status] if status is not None else self._tasks
-        views = (self._tasks[i] for i in ids)
+        ordered = self._by_status[status] if status is not None else self._newest
+        views = (self._tasks[task_id] for _, task_id in ordered)
         matching = (
             v
             for v in views
@@ -142,7 +149,7 @@ class MemoryStore:
             and (queue is None or v.queue == queue)
             and (worker is None or v.worker == worker)
         )
-        return heapq.nsmallest(limit, matching, key=_newest_first)
+        return list(islice(matching, limit))
 
     def workers(
         self,
@@ -283,7 +290,7 @@ class MemoryStore:
 
     def _holding(self) -> Iterable[TaskView]:
         for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-            for task_id in self._by_status[status]:
+            for _, task_id in self._by_status[status]:
                 yield self._tasks[task_id]
 
     def _pool_of(self, view: TaskView) -> str | None:
