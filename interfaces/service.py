@@ -22,7 +22,7 @@ import contextlib
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import anyio
@@ -145,11 +145,28 @@ async def serve(
             if config.reaper.enabled:
                 await tg.start(_reaper(config, store, projector).run)
             task_status.started(f"http://{host}:{port}")
-    finally:
-        _save(store, config)  # synchronous, so cancellation cannot cut it short
-        if duck is not None:
-            _publish(duck, config)  # analysts see the final state too
-            duck.close()  # its last batch is committed: the task group waited for the thread
+    except BaseException:
+        _shut_down(store, duck, config, failing=True)
+        raise
+    _shut_down(store, duck, config, failing=False)
+
+
+def _shut_down(
+    store: MemoryStore, duck: DuckDBStore | None, config: ServiceConfig, *, failing: bool
+) -> None:
+    """Final snapshot, analysts' copy and close; synchronous, so cancellation cannot cut it
+    short. After a failure each step is tried and its own error only logged: the first error
+    (say, a full disk) is the one the user must see, not a close that failed because of it."""
+    steps: list[Callable[[], object]] = [lambda: _save(store, config)]
+    if duck is not None:
+        steps += [lambda: _publish(duck, config), duck.close]  # analysts see the final state
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:
+            if not failing:
+                raise
+            _log.warning("while stopping after an error: %s", exc)
 
 
 def _reaper(config: ServiceConfig, store: MemoryStore, projector: Projector) -> Reaper:

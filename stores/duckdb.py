@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
@@ -456,7 +456,10 @@ def _write(
             )
             cursor.commit()
         except BaseException:
-            cursor.rollback()
+            # A failed commit may have ended the transaction already; the first error is the
+            # one to report, never "cannot rollback - no transaction is active".
+            with suppress(duckdb.Error):
+                cursor.rollback()
             raise
     finally:
         for name in tables:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import heapq
 import os
-import tempfile
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -313,15 +312,17 @@ class MemoryStore:
         )
         data = msgspec.msgpack.encode(snapshot)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        # One fixed temp name (one writer per snapshot): what a killed save left behind is
+        # overwritten by the next one instead of piling up.
+        tmp = path.with_name(path.name + ".tmp")
         try:
-            with os.fdopen(fd, "wb") as file:
+            with tmp.open("wb") as file:
                 file.write(data)
                 file.flush()
                 os.fsync(file.fileno())
-            Path(tmp).replace(path)
+            tmp.replace(path)
         except OSError as exc:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write snapshot {path}: {exc}") from exc
 
     @classmethod

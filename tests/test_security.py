@@ -420,16 +420,19 @@ async def test_a_publisher_cannot_delete_the_stream(
             await client.jetstream(timeout=1.0).delete_stream(roles.publisher.stream)
         with pytest.raises(Exception):  # noqa: B017, PT011
             await client.jetstream(timeout=1.0).purge_stream(roles.publisher.stream)
+        stream = roles.publisher.stream
+        logged = f'permissions violation for publish to "$js.api.stream.delete.{stream.lower()}"'
+        # The server's -ERR reaches the client's error callback asynchronously: wait for it.
+        with anyio.move_on_after(10):
+            while logged not in caplog.text:  # noqa: ASYNC110 (polling a log, no event to wait on)
+                await anyio.sleep(0.05)
     finally:
         await client.close()
     assert await _stored(roles.admin) == 3
-    stream = roles.publisher.stream
     refused = _violations(roles.server)
     assert ("billing", "Publish", f"$JS.API.STREAM.DELETE.{stream}") in refused
     assert ("billing", "Publish", f"$JS.API.STREAM.PURGE.{stream}") in refused
-    assert f'permissions violation for publish to "$js.api.stream.delete.{stream.lower()}"' in (
-        caplog.text
-    ), "the refusal is logged once, naming the subject"
+    assert logged in caplog.text, "the refusal is logged once, naming the subject"
 
 
 async def test_a_publisher_cannot_publish_outside_the_prefix_nor_read_events(
