@@ -9,6 +9,7 @@ Async tests use anyio's plugin on asyncio (nats-py is asyncio-only)::
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -38,6 +39,17 @@ class StoredMessage(NamedTuple):
     subject: str
     msg_id: str | None
     event: Event
+
+
+@pytest.fixture(autouse=True)
+def _root_logger_restored() -> Iterator[None]:
+    """Libraries under test may reconfigure logging (a Celery worker sets the root logger to
+    ERROR); put it back so one test cannot silence the logs another asserts on."""
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    yield
+    root.setLevel(level)
+    root.handlers[:] = handlers
 
 
 @pytest.fixture

@@ -413,6 +413,7 @@ async def test_a_publisher_cannot_delete_the_stream(
     roles: _Roles, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Deleting (or purging) the stream is refused by the server; the stream stays."""
+    caplog.set_level(logging.WARNING, logger="workledger.core.log")
     await _publish(roles.publisher, 3)
     client = await connect(roles.publisher)
     try:
