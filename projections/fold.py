@@ -112,13 +112,14 @@ class _TaskRecord:
         starts = [m for m in marks if isinstance(m.event, ev.TaskStarted)]
         latest = (starts or marks)[-1].event if marks else None
         sub, prog = self.submitted, self.progress
+        pool, queue, task_key, stage = self._placement()
         return TaskView(
             task=self.task,
             status=status,
-            pool=sub.pool if sub else self._hint("pool"),
-            queue=sub.queue if sub else self._hint("queue"),
-            task_key=sub.task_key if sub else None,
-            stage=sub.stage if sub else None,
+            pool=pool,
+            queue=queue,
+            task_key=task_key,
+            stage=stage,
             priority=sub.priority if sub else None,
             item=sub.item if sub else None,
             worker=latest.worker if latest else None,
@@ -140,29 +141,41 @@ class _TaskRecord:
         stretches: list[list[_Mark]] = [[] for _ in range(len(bounds) + 1)]
         for mark in sorted(self.marks.values(), key=lambda m: m.key):
             stretches[bisect_left(bounds, mark.key)].append(mark)
-        view = self.view()
+        placement = self._placement()
         return [
             self._interval(
-                view, attempt, marks, retries[attempt] if attempt < len(bounds) else None
+                placement, attempt, marks, retries[attempt] if attempt < len(bounds) else None
             )
             for attempt, marks in enumerate(stretches)
             if marks
         ]
 
+    def _placement(self) -> tuple[str | None, str | None, str | None, str | None]:
+        """Pool, queue, task key and stage: from task.submitted, else the latest hint."""
+        sub = self.submitted
+        if sub is not None:
+            return sub.pool, sub.queue, sub.task_key, sub.stage
+        return self._hint("pool"), self._hint("queue"), None, None
+
     def _interval(
-        self, view: TaskView, attempt: int, marks: list[_Mark], retry: ev.TaskRetrying | None
+        self,
+        placement: tuple[str | None, str | None, str | None, str | None],
+        attempt: int,
+        marks: list[_Mark],
+        retry: ev.TaskRetrying | None,
     ) -> SlotInterval:
         starts = [m for m in marks if isinstance(m.event, ev.TaskStarted)]
         acquired = marks[0].key[0]
         released, ended = self._release(retry)
+        pool, queue, task_key, stage = placement
         return SlotInterval(
             task=self.task,
             attempt=attempt + 1,
             worker=(starts or marks)[-1].event.worker,
-            pool=view.pool,
-            queue=view.queue,
-            task_key=view.task_key,
-            stage=view.stage,
+            pool=pool,
+            queue=queue,
+            task_key=task_key,
+            stage=stage,
             acquired_at=acquired,
             started_at=starts[0].key[0] if starts else None,
             released_at=max(released, acquired) if released is not None else None,
@@ -277,7 +290,7 @@ class _WorkerRecord:
         """Each run of the worker, from each ``worker.started``, in order."""
         starts = sorted(self.starts.values(), key=lambda e: e.order_key)
         stops = sorted(self.stops.values(), key=lambda e: e.order_key)
-        keys = self.view().task_keys
+        keys = self._task_keys()
         sessions = []
         for i, start in enumerate(starts):
             following = starts[i + 1] if i + 1 < len(starts) else None
@@ -310,16 +323,21 @@ class _WorkerRecord:
     def _current(self, event: ev.Event) -> bool:
         return self.started is None or event.order_key > self.started.order_key
 
-    def view(self) -> WorkerView:
-        reg, stop = self.started, self.stopped
-        keys = set(reg.task_keys if reg else ())
+    def _task_keys(self) -> tuple[str, ...]:
+        """Those it started with, plus every subscription since."""
+        keys = set(self.started.task_keys if self.started else ())
         for sub in self.subscriptions.values():
             keys.update(sub.task_keys)
+        return tuple(sorted(keys))
+
+    def view(self) -> WorkerView:
+        reg, stop = self.started, self.stopped
+        keys = self._task_keys()
         return WorkerView(
             worker=self.worker,
             pool=reg.pool if reg else getattr(self.latest, "pool", None),
             queues=reg.queues if reg else (),
-            task_keys=tuple(sorted(keys)),
+            task_keys=keys,
             slots=reg.slots if reg else 1,
             heartbeat_interval=reg.heartbeat_interval if reg else 30.0,
             labels=dict(reg.labels) if reg else {},
