@@ -140,9 +140,9 @@ def _utc(moment: datetime) -> datetime:
 class Projector:
     """Feeds one stream into stores; ``run`` until cancelled.
 
-    Reading resumes after the lowest checkpoint of the stores; each store is given only the
-    part of a batch past its own checkpoint, so a store restored from an older snapshot catches
-    up while the others skip what they already have.
+    Reading resumes after the lowest checkpoint of the stores; every store is given the whole
+    batch and, by the store contract, skips what its own checkpoint covers, so a store restored
+    from an older snapshot catches up while the others skip what they already have.
 
     ``listeners`` are called with each applied batch (see :data:`Listener`); one that raises
     is logged and the fold goes on.
@@ -294,7 +294,7 @@ class Projector:
         )
         began = time.perf_counter()
         for store in self.stores:
-            await _apply_to(store, _past(batch, store.stats().checkpoint))
+            await _apply_to(store, batch)  # each store skips what it already has
         self._account(batch, fresh[-1], time.perf_counter() - began)
         progress, self._progress = self._progress, anyio.Event()
         progress.set()
@@ -321,18 +321,6 @@ class Projector:
         if len(batch.quarantined) > _LOGGED_PER_BATCH:
             more = len(batch.quarantined) - _LOGGED_PER_BATCH
             _log.warning("set aside %d more messages in this batch (`workledger quarantine`)", more)
-
-
-def _past(batch: Batch, checkpoint: int) -> Batch:
-    """The part of a batch a store has not applied yet."""
-    first = min([e.seq for e in batch.events] + [q.seq for q in batch.quarantined], default=0)
-    if checkpoint < first:
-        return batch
-    return Batch(
-        events=[e for e in batch.events if e.seq > checkpoint],
-        quarantined=[q for q in batch.quarantined if q.seq > checkpoint],
-        last_seq=max(batch.last_seq, checkpoint),
-    )
 
 
 async def _apply_to(store: Store, batch: Batch) -> None:
