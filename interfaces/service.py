@@ -39,7 +39,7 @@ from workledger.projections.reaper import Reaper, ReaperConfig
 from workledger.queries import Queries
 from workledger.stores.base import Store
 from workledger.stores.duckdb import DuckDBStore
-from workledger.stores.memory import MemoryStore
+from workledger.stores.memory import MemoryStore, write_snapshot
 
 __all__ = ["ServiceConfig", "run", "serve"]
 
@@ -199,7 +199,8 @@ async def _snapshots(store: MemoryStore, config: ServiceConfig) -> None:
         await anyio.sleep(config.snapshot_interval)
         if store.stats().checkpoint != last:
             last = store.stats().checkpoint
-            _save(store, config)
+            data = store.dump()  # on the loop, between batches: a consistent state
+            await anyio.to_thread.run_sync(write_snapshot, config.snapshot_path, data)
 
 
 async def _analyst_copies(duck: DuckDBStore, config: ServiceConfig) -> None:

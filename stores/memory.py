@@ -39,7 +39,7 @@ from workledger.projections.views import (
 )
 from workledger.stores.base import Batch, ReadModel, StoreStats
 
-__all__ = ["MemoryStore"]
+__all__ = ["MemoryStore", "write_snapshot"]
 
 _EPOCH = datetime.min
 
@@ -303,6 +303,11 @@ class MemoryStore:
 
     def save(self, path: Path) -> None:
         """Write a snapshot with its checkpoint atomically (temp file, fsync, rename)."""
+        write_snapshot(path, self.dump())
+
+    def dump(self) -> bytes:
+        """The snapshot's bytes: taken wherever the store is written (the daemon's event
+        loop), so that :func:`write_snapshot` can do the slow disk part in a thread."""
         snapshot = _Snapshot(
             checkpoint=self._checkpoint,
             applied=self._applied,
@@ -310,20 +315,7 @@ class MemoryStore:
             events=self._ledger.retained_events(),  # type: ignore[arg-type]
             quarantine=list(self._quarantine),
         )
-        data = msgspec.msgpack.encode(snapshot)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # One fixed temp name (one writer per snapshot): what a killed save left behind is
-        # overwritten by the next one instead of piling up.
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            with tmp.open("wb") as file:
-                file.write(data)
-                file.flush()
-                os.fsync(file.fileno())
-            tmp.replace(path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write snapshot {path}: {exc}") from exc
+        return msgspec.msgpack.encode(snapshot)
 
     @classmethod
     def load(cls, path: Path, *, quarantine_limit: int = 10_000) -> MemoryStore:
@@ -341,6 +333,26 @@ class MemoryStore:
         store._applied = snapshot.applied
         store._quarantined_total = snapshot.quarantined_total
         return store
+
+
+def write_snapshot(path: Path, data: bytes) -> None:
+    """Write snapshot bytes atomically: temp file, fsync, rename.
+
+    :raises StoreError: naming the path, if the disk refuses.
+    """
+    # One fixed temp name (one writer per snapshot): what a killed save left behind is
+    # overwritten by the next one instead of piling up.
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tmp.open("wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StoreError(f"cannot write snapshot {path}: {exc}") from exc
 
 
 def _timestamp(moment: datetime | None) -> float:
