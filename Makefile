@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean install
+.PHONY: run test lint typecheck bench bench-quick clean install
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,14 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# Every figure of issue 6 with its target, then a summary table (benchmarks/results/latest.md).
+# Full sizes take a while (the 10M-event rebuild alone is minutes) and GBs under /tmp.
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# The same at tiny sizes, in seconds: checks the harness, not the speed.
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/bench.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .workledger

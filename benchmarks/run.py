@@ -1,59 +1,98 @@
-"""Hot-path benchmarks: decode, fold, and the whole pipeline on a real nats-server.
+"""Hot-path benchmarks: decode, fold into each store, and the events every benchmark uses.
 
-Run: ``make bench`` (or ``.venv/bin/python benchmarks/run.py [--events N] [--repeat R]``).
+Run: ``.venv/bin/python benchmarks/run.py [--events N] [--repeat R]`` for these figures alone;
+``make bench`` (``benchmarks/bench.py``) runs them with every other section and a summary table.
 Each figure is the median of R runs; compare ratios across commits, not absolute numbers
-across machines. ``--events 2000`` makes a smoke run (the test suite runs one, untimed).
+across machines.
+
+Events come from the workload generator (``workledger.workload``) when it is installed, else
+from :func:`stream_history` below: both are endless, deterministic and already stamped (id and
+time), so a benchmark takes as many as it needs with ``itertools.islice`` and never holds more.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-import anyio
 import msgspec
 
 from workledger.core import codec
 from workledger.core import events as ev
-from workledger.core.log import LogConfig
-from workledger.core.nats_server import EmbeddedNats
-from workledger.core.publisher import Publisher
-from workledger.projections.daemon import Projector, ProjectorConfig
 from workledger.stores.base import Batch, Sequenced
+from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
+BATCH = 5000  # the daemon's max_batch: what a store is handed at once under load
+WORKERS = 200  # the fallback history's fleet
+
+
+def stream_history(seed: int = 0, workers: int = WORKERS) -> Iterator[ev.Event]:
+    """Endless: ``workers`` starts, then task lifecycles and heartbeats, 1 ms apart."""
+    rng = random.Random(seed)
+
+    def raw() -> Iterator[ev.Event]:
+        for i in range(workers):
+            yield ev.WorkerStarted(
+                worker=f"w{i}", pool=f"p{i % 5}", slots=4, task_keys=(f"k{i % 7}",)
+            )
+        for task in itertools.count(1):
+            worker, name = f"w{rng.randrange(workers)}", f"t{task}"
+            yield ev.TaskSubmitted(task=name, pool=f"p{task % 5}", queue="default", task_key="k1")
+            yield ev.TaskClaimed(task=name, worker=worker)
+            yield ev.TaskStarted(task=name, worker=worker)
+            yield ev.TaskCompleted(task=name) if rng.random() < 0.9 else ev.TaskFailed(task=name)
+            yield ev.WorkerHeartbeat(worker=worker, pool="p0")
+
+    for i, event in enumerate(raw()):
+        yield msgspec.structs.replace(event, id=f"{i:012d}", at=BASE + timedelta(milliseconds=i))
+
+
+def _generator() -> tuple[Any, Callable[..., Iterator[ev.Event]]] | None:
+    """``(Workload, generate)`` from ``workledger.workload``, or None until it exists."""
+    try:
+        from workledger.workload import Workload, generate  # noqa: PLC0415 (optional)
+    except ImportError:
+        return None
+    return Workload, generate
+
+
+def source() -> str:
+    """Which generator :func:`events` uses, for the report's header."""
+    return "workledger.workload" if _generator() else "benchmarks/run.py stream_history"
+
+
+def events(seed: int = 0) -> Iterator[ev.Event]:
+    """The endless benchmark stream: the workload generator's default fleet, or the fallback."""
+    found = _generator()
+    if found is None:
+        return stream_history(seed)
+    workload, generate = found
+    return generate(workload(seed=seed))
 
 
 def history(size: int, seed: int = 0) -> list[ev.Event]:
-    """A plausible mix: heartbeats and a task lifecycle per few events, over 200 workers."""
-    rng = random.Random(seed)
-    out: list[ev.Event] = [
-        ev.WorkerStarted(worker=f"w{i}", pool=f"p{i % 5}", slots=4, task_keys=(f"k{i % 7}",))
-        for i in range(200)
-    ]
-    task = 0
-    while len(out) < size:
-        task += 1
-        worker = f"w{rng.randrange(200)}"
-        name = f"t{task}"
-        out += [
-            ev.TaskSubmitted(task=name, pool=f"p{task % 5}", queue="default", task_key="k1"),
-            ev.TaskClaimed(task=name, worker=worker),
-            ev.TaskStarted(task=name, worker=worker),
-            ev.TaskCompleted(task=name) if rng.random() < 0.9 else ev.TaskFailed(task=name),
-            ev.WorkerHeartbeat(worker=worker, pool="p0"),
-        ]
+    """The first ``size`` events of :func:`events`, as a list (for sizes that fit in memory)."""
+    return list(itertools.islice(events(seed), size))
+
+
+def sequenced(items: list[ev.Event]) -> list[Sequenced]:
+    return [Sequenced(i + 1, "", e) for i, e in enumerate(items)]
+
+
+def batches(items: list[Sequenced], size: int = BATCH) -> list[Batch]:
     return [
-        msgspec.structs.replace(e, id=f"{i:012d}", at=BASE + timedelta(milliseconds=i))
-        for i, e in enumerate(out[:size])
+        Batch(events=items[i : i + size], last_seq=items[i : i + size][-1].seq)
+        for i in range(0, len(items), size)
     ]
 
 
@@ -67,50 +106,44 @@ def median_rate(count: int, repeat: int, run: Callable[[], object]) -> float:
     return count / statistics.median(seconds)
 
 
-def bench_decode(events: list[ev.Event], repeat: int) -> dict[str, float]:
-    as_json = [codec.encode_json(e) for e in events]
-    as_msgpack = [codec.encode_msgpack(e) for e in events]
+def bench_decode(items: list[ev.Event], repeat: int) -> dict[str, float]:
+    """Bytes to Event, as the daemon decodes each message (events/s)."""
+    as_json = [codec.encode_json(e) for e in items]
+    as_msgpack = [codec.encode_msgpack(e) for e in items]
     return {
-        "decode json": median_rate(len(events), repeat, lambda: [codec.decode(b) for b in as_json]),
+        "decode json": median_rate(len(items), repeat, lambda: [codec.decode(b) for b in as_json]),
         "decode msgpack": median_rate(
-            len(events), repeat, lambda: [codec.decode(b) for b in as_msgpack]
+            len(items), repeat, lambda: [codec.decode(b) for b in as_msgpack]
         ),
     }
 
 
-def bench_fold(events: list[ev.Event], repeat: int) -> dict[str, float]:
-    items = [Sequenced(i + 1, "", e) for i, e in enumerate(events)]
-    batches = [items[i : i + 5000] for i in range(0, len(items), 5000)]
+def bench_fold_memory(items: list[ev.Event], repeat: int) -> dict[str, float]:
+    """``MemoryStore.apply`` in daemon-sized batches (events/s)."""
+    chunks = batches(sequenced(items))
 
     def fold() -> None:
         store = MemoryStore()
-        for batch in batches:
-            store.apply(Batch(events=batch, last_seq=batch[-1].seq))
+        for batch in chunks:
+            store.apply(batch)
 
-    return {"fold into MemoryStore (batches of 5000)": median_rate(len(events), repeat, fold)}
-
-
-async def _pipeline(events: list[ev.Event], server: EmbeddedNats, stream: str) -> float:
-    config = LogConfig(servers=(server.url,), stream=stream, subject_prefix=stream.lower())
-    store = MemoryStore()
-    projector = Projector(ProjectorConfig(log=config), [store])
-    async with anyio.create_task_group() as tg:
-        await tg.start(projector.run)
-        began = time.perf_counter()
-        async with Publisher(config, encoding="msgpack") as pub:
-            for event in events[:-1]:
-                await pub.publish(event)
-            last = await pub.publish_and_wait(events[-1])
-        await projector.wait_for(last)
-        seconds = time.perf_counter() - began
-        tg.cancel_scope.cancel()
-    return len(events) / seconds
+    return {"fold memory": median_rate(len(items), repeat, fold)}
 
 
-def bench_pipeline(events: list[ev.Event], repeat: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(Path(tmp)) as server:
-        rates = [anyio.run(_pipeline, events, server, f"BENCH{i}") for i in range(repeat)]
-    return {"publish -> JetStream -> daemon -> MemoryStore": statistics.median(rates)}
+def bench_fold_duckdb(items: list[ev.Event], repeat: int) -> dict[str, float]:
+    """``DuckDBStore.apply`` in daemon-sized batches, each one transaction with its checkpoint
+    row, then ``close()`` (a DuckDB CHECKPOINT folding the WAL into the file) (events/s)."""
+    chunks = batches(sequenced(items))
+    rates = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = DuckDBStore(Path(tmp) / "fold.duckdb")
+            began = time.perf_counter()
+            for batch in chunks:
+                store.apply(batch)
+            store.close()
+            rates.append(len(items) / (time.perf_counter() - began))
+    return {"fold duckdb": statistics.median(rates)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -118,11 +151,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args(argv)
-    events = history(args.events)
-    print(f"{args.events} events, median of {args.repeat} runs, Python {sys.version.split()[0]}")
-    for bench in (bench_decode, bench_fold, bench_pipeline):
-        for name, rate in bench(events, args.repeat).items():
-            print(f"  {name:<48} {rate:>12,.0f} events/s")
+    items = history(args.events)
+    print(f"{args.events} events from {source()}, median of {args.repeat} runs")
+    for bench in (bench_decode, bench_fold_memory, bench_fold_duckdb):
+        for name, rate in bench(items, args.repeat).items():
+            print(f"  {name:<16} {rate:>12,.0f} events/s")
 
 
 if __name__ == "__main__":

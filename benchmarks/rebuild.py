@@ -1,0 +1,136 @@
+"""Rebuild time: replay N events from JetStream into a fresh DuckDB file (``workledger rebuild``).
+
+Run: ``.venv/bin/python benchmarks/rebuild.py [--events 10000000] [--dir /tmp]``. It starts a
+nats-server with its store in a temporary directory under ``--dir``, loads the stream with N
+generated events, then times :func:`workledger.rebuild.rebuild` (the command's own code path:
+a Projector on one DuckDBStore, then the swap) and checks every event was applied.
+
+Loading is streamed (never N events in memory) and reported separately: through the SDK's
+batched envelopes when the Publisher has them (``--batch-size``), else the fastest way per
+message, plain NATS publishes without a reply, with one acknowledged publish every
+``SYNC_EVERY`` messages so JetStream's ingest queue never overflows (a core publish it cannot
+take is dropped silently); the stream's last sequence is checked afterwards. Needs roughly
+``BYTES_PER_EVENT`` of free disk per event; the free space is printed first and a run that
+would not fit is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import publish
+import run
+
+from workledger.core import codec
+from workledger.core.log import LogConfig, connect, subject_for
+from workledger.core.nats_server import EmbeddedNats
+from workledger.rebuild import rebuild
+
+SYNC_EVERY = 5000
+BYTES_PER_EVENT = 700  # stream + DuckDB file, with room to spare (measured ~450 at 1M)
+REPORT_EVERY = 1_000_000
+
+
+def check_space(where: Path, events: int) -> None:
+    """Print the free space; refuse a run that would not fit."""
+    free = shutil.disk_usage(where).free
+    need = events * BYTES_PER_EVENT
+    print(f"  free disk under {where}: {free / 2**30:,.1f} GiB, need ~{need / 2**30:,.1f} GiB")
+    if free < need:
+        raise SystemExit(f"not enough free disk under {where} for {events:,} events")
+
+
+async def load(config: LogConfig, events: int, batch_size: int = 1) -> float:
+    """Publish ``events`` generated events; seconds until the stream holds them all.
+
+    With ``batch_size`` > 1, through the SDK's batched envelopes; else plain publishes."""
+    if batch_size > 1:
+        return await _load_batched(config, events, batch_size)
+    client = await connect(config)
+    js = client.jetstream()
+    began = time.perf_counter()
+    prefix, encode = config.subject_prefix, codec.encode_msgpack
+    try:
+        for n, event in enumerate(itertools.islice(run.events(), events), 1):
+            subject = subject_for(prefix, event)
+            if n % SYNC_EVERY and n != events:
+                await client.publish(subject, encode(event))
+            else:  # acked, so everything sent before it on this connection is stored
+                ack = await js.publish(subject, encode(event), timeout=60)
+                if ack.seq != n:
+                    raise SystemExit(f"stream holds {ack.seq} messages after {n} publishes")
+            if n % REPORT_EVERY == 0:
+                rate = n / (time.perf_counter() - began)
+                print(f"  loaded {n:>12,} events ({rate:,.0f}/s)", flush=True)
+    finally:
+        await client.close()
+    return time.perf_counter() - began
+
+
+async def _load_batched(config: LogConfig, events: int, batch_size: int) -> float:
+    began = time.perf_counter()
+    async with publish.publisher(config, batch_size) as pub:
+        for n, event in enumerate(itertools.islice(run.events(), events), 1):
+            await pub.publish(event)
+            if n % REPORT_EVERY == 0:
+                rate = n / (time.perf_counter() - began)
+                print(f"  loaded {n:>12,} events ({rate:,.0f}/s)", flush=True)
+        await pub.flush()
+    return time.perf_counter() - began
+
+
+def bench_rebuild(
+    events: int, where: Path | None = None, batch_size: int | None = None
+) -> dict[str, float]:
+    """Seconds and events/s of the rebuild; the load's seconds; the files' sizes (bytes).
+
+    ``batch_size``: events per message in the stream; by default the envelope size when the
+    Publisher batches (as services would publish), else 1."""
+    where = where or Path(tempfile.gettempdir())
+    batch_size = batch_size or max(publish.batch_sizes())
+    check_space(where, events)
+    with tempfile.TemporaryDirectory(dir=where, prefix="wl-rebuild-") as tmp:
+        root = Path(tmp)
+        with EmbeddedNats(root / "nats") as server:
+            config = publish.log_config(server.url, "REBUILD")
+            asyncio.run(publish.create_stream(config))
+            loaded = asyncio.run(load(config, events, batch_size))
+            print(f"  loaded {events:,} events, {batch_size} a message, in {loaded:,.1f} s")
+            target = root / "rebuilt.duckdb"
+            began = time.perf_counter()
+            stats = asyncio.run(rebuild(config, target, progress=sys.stderr.isatty()))
+            seconds = time.perf_counter() - began
+            stream_bytes = sum(f.stat().st_size for f in (root / "nats").rglob("*") if f.is_file())
+        if stats.applied != events:
+            raise SystemExit(f"rebuild applied {stats.applied} of {events} events")
+        return {
+            "rebuild seconds": seconds,
+            "rebuild rate": events / seconds,
+            "rebuild load seconds": loaded,
+            "rebuild load rate": events / loaded,
+            "rebuild duckdb bytes": float(target.stat().st_size),
+            "rebuild stream bytes": float(stream_bytes),
+            "rebuild events per message": float(batch_size),
+        }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--dir", type=Path, default=None, help="where the temporary files go")
+    parser.add_argument("--batch-size", type=int, default=None, help="events per message")
+    args = parser.parse_args(argv)
+    print(f"{args.events:,} events from {run.source()}")
+    for name, value in bench_rebuild(args.events, args.dir, args.batch_size).items():
+        print(f"  {name:<24} {value:>16,.1f}")
+
+
+if __name__ == "__main__":
+    main()
