@@ -6,6 +6,8 @@ projections by pool::
     <prefix>.<pool>.<family>.<entity>.<verb>       e.g. workledger.gpu.task.t-42.started
 
 Names that are not valid subject tokens are encoded (see :func:`encode_token`), never rejected.
+An envelope of several events (docs/wire.md#envelopes) holds one pool's events and goes to
+``<prefix>.<pool>.envelope``, so a daemon that consumes ``<prefix>.<pool>.>`` still sees it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ __all__ = [
     "decode_token",
     "encode_token",
     "ensure_stream",
+    "envelope_pool",
+    "envelope_subject",
     "stream_info",
     "subject_for",
 ]
@@ -60,6 +64,7 @@ _DIGEST = "~~"
 _MAX_TOKEN = 128
 _SECRETS = frozenset({"token", "password"})
 _DISCARD_TIMEOUT = 1.0
+_ENVELOPE = "envelope"  # the last token of an envelope's subject; no event verb is one
 
 
 class LogConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -186,6 +191,22 @@ def subject_for(prefix: str, event: Event) -> str:
     verb = event.type.partition(".")[2]
     pool, entity = encode_token(event.pool_key), encode_token(event.entity_key)
     return f"{prefix}.{pool}.{event.family}.{entity}.{verb}"
+
+
+def envelope_subject(prefix: str, pool: str | None) -> str:
+    """The subject of an envelope of ``pool``'s events: ``<prefix>.<pool>.envelope``."""
+    return f"{prefix}.{encode_token(pool)}.{_ENVELOPE}"
+
+
+def envelope_pool(subject: str) -> str | None:
+    """The pool token of an envelope's subject, or None if it is no envelope subject.
+
+    The token is compared with :func:`encode_token` of each event's pool, not decoded: a
+    digest token cannot be.
+    """
+    rest, _, last = subject.rpartition(".")
+    token = rest.rpartition(".")[2]
+    return token if last == _ENVELOPE and token and "." in rest else None
 
 
 # --- connection ------------------------------------------------------------------------------

@@ -7,6 +7,12 @@ with the same id, until JetStream acknowledges it. JetStream's duplicate window 
 retries exactly-once. Only a definitive answer from the server ends the retries: the event is
 then listed in :attr:`Publisher.failed` and :meth:`Publisher.flush` raises.
 
+**Envelopes** (``batch_size > 1``): events are buffered per pool and sent many to a message
+(docs/wire.md#envelopes), each keeping its own id. An envelope is retried like an event, byte
+for byte, with a ``Nats-Msg-Id`` derived from its events' ids, and settles all of them at once:
+its ack gives each event the envelope's stream sequence; a refusal lists each in
+:attr:`Publisher.failed`.
+
 Acks come back on our own reply inbox (``<inbox>.<key>.<attempt>``) rather than through
 nats-py's ``publish_async``, whose futures have no timeout and never resolve when JetStream
 answers with an error (see :mod:`workledger.core._acks`).
@@ -21,9 +27,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from types import TracebackType
-from typing import Any, Literal, NamedTuple, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 import nats.errors
 from nats.aio.client import Client
@@ -31,21 +37,22 @@ from nats.aio.msg import Msg
 
 from workledger.core import codec
 from workledger.core._acks import Verdict, read_reply
+from workledger.core._batching import Buffers, Item, Sealed
 from workledger.core._nats_errors import describe
 from workledger.core.errors import LogError, PublishError, StreamNotFoundError
 from workledger.core.events import MAX_EVENT_BYTES, Event
-from workledger.core.log import LogConfig, connect, stream_info, subject_for
+from workledger.core.log import LogConfig, connect, stream_info
 from workledger.core.signing import HEADER, Signer, load_signer
 
 __all__ = ["Encoding", "Failure", "Publisher", "SyncPublisher"]
 
-Encoding = Literal["json", "msgpack"]
+Encoding = codec.Encoding
 _T = TypeVar("_T")
 
 _log = logging.getLogger(__name__)
-_ENCODERS = {"json": codec.encode_json, "msgpack": codec.encode_msgpack}
 _MSG_ID = "Nats-Msg-Id"
 _RETRY_BACKOFF = 0.2
+_LINGER = 0.005  # seconds a partly filled envelope waits for more events
 
 
 class Failure(NamedTuple):
@@ -56,28 +63,16 @@ class Failure(NamedTuple):
 
 
 class _Pending:
-    """One accepted event until it is acknowledged (or refused for good)."""
+    """One sent message (an event or an envelope) until it is acknowledged or refused for good."""
 
-    __slots__ = (
-        "attempt",
-        "data",
-        "due",
-        "event_id",
-        "headers",
-        "no_stream_since",
-        "subject",
-        "waiter",
-    )
+    __slots__ = ("attempt", "due", "headers", "message", "no_stream_since")
 
-    def __init__(self, event_id: str, subject: str, data: bytes) -> None:
-        self.event_id = event_id
-        self.subject = subject
-        self.data = data
-        self.headers = {_MSG_ID: event_id}  # and the signature, when signing
+    def __init__(self, message: Sealed) -> None:
+        self.message = message
+        self.headers = {_MSG_ID: message.msg_id}  # and the signature, when signing
         self.attempt = 0  # numbers the sends; only the latest one's error counts
         self.due = 0.0  # monotonic time at which to publish (again)
         self.no_stream_since: float | None = None
-        self.waiter: asyncio.Future[int] | None = None
 
 
 class Publisher:
@@ -93,24 +88,34 @@ class Publisher:
     how long a send waits for its ack before it is sent again (a slow ack is not a failure).
     ``encoding`` picks the wire format; consumers accept both.
 
+    **Envelopes**: with ``batch_size > 1``, events wait in a buffer per pool and go out up to
+    ``batch_size`` to a message, when the buffer is full, ``linger`` seconds after its first
+    event, or on :meth:`flush` / :meth:`close`: far fewer messages for NATS and the daemons to
+    handle (see ``benchmarks/envelopes.py``), for up to ``linger`` more latency. Give
+    ``max_in_flight`` room for several envelopes (it must be at least ``batch_size``). The
+    default, ``batch_size=1``, sends each event as its own message.
+
     **When the buffer is full** (``max_in_flight`` events accepted but not yet acknowledged),
     :meth:`publish` waits until an ack frees a slot: that is the backpressure a fast producer
     feels when NATS is slow or away. While NATS is unreachable, publish therefore blocks once
     the buffer fills; wrap it in your own timeout if you must not wait.
 
-    **Signing**: with ``config.sign_key_file`` (or :attr:`signer` set), every event carries a
+    **Signing**: with ``config.sign_key_file`` (or :attr:`signer` set), every message carries a
     ``Wl-Signature`` header over its subject and exact bytes (:mod:`workledger.core.signing`),
-    so a daemon that verifies knows which service wrote it. Retries resend the same signature.
+    so a daemon that verifies knows which service wrote it; one signature covers an envelope.
+    Retries resend the same signature.
 
     **Size**: an encoded event bigger than :attr:`max_event_bytes` (the daemons' default
     limit, 256 KiB; set the attribute to match theirs) or the server's max payload is refused
     at once with :class:`PublishError`, before anything is sent: a daemon would only set it
-    aside.
+    aside. An envelope is sealed before it would exceed :attr:`max_envelope_bytes` (1 MiB) or
+    the server's max payload.
 
     One event loop only; from threads or synchronous code use :class:`SyncPublisher`.
     """
 
     max_event_bytes: int = MAX_EVENT_BYTES
+    max_envelope_bytes: int = codec.MAX_ENVELOPE_BYTES
 
     def __init__(
         self,
@@ -119,17 +124,29 @@ class Publisher:
         max_in_flight: int = 1024,
         ack_timeout: float = 5.0,
         encoding: Encoding = "json",
+        batch_size: int = 1,
+        linger: float = _LINGER,
     ) -> None:
         if max_in_flight < 1 or ack_timeout <= 0:
             raise ValueError("max_in_flight must be >= 1 and ack_timeout > 0")
+        if not 1 <= batch_size <= max_in_flight or linger < 0:
+            raise ValueError("batch_size must be 1 to max_in_flight, and linger >= 0")
         self.config = config
         self.ack_timeout = ack_timeout
-        self._encode = _ENCODERS[encoding]
+        self._encoding: Encoding = encoding
         self.signer: Signer | None = (
             load_signer(config.sign_key_file) if config.sign_key_file else None
         )
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._buffers = Buffers(
+            config.subject_prefix,
+            encoding,
+            batch_size=batch_size,
+            linger=linger,
+            on_linger=self._linger_over,
+        )
         self._pending: dict[int, _Pending] = {}
+        self._unsettled = 0  # events accepted, buffered or sent, not yet acknowledged
         self._next_key = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -138,6 +155,7 @@ class Publisher:
         self._nc: Client | None = None
         self._inbox = ""
         self._retrier: asyncio.Task[None] | None = None
+        self._shipping: set[asyncio.Task[None]] = set()
         self._reconnects = 0
 
     @classmethod
@@ -148,13 +166,22 @@ class Publisher:
         max_in_flight: int = 1024,
         ack_timeout: float = 5.0,
         encoding: Encoding = "json",
+        batch_size: int = 1,
+        linger: float = _LINGER,
     ) -> Publisher:
         """Connect and check the stream exists.
 
         :raises LogError: if NATS cannot be reached.
         :raises StreamNotFoundError: naming the stream and server, if it does not exist.
         """
-        pub = cls(config, max_in_flight=max_in_flight, ack_timeout=ack_timeout, encoding=encoding)
+        pub = cls(
+            config,
+            max_in_flight=max_in_flight,
+            ack_timeout=ack_timeout,
+            encoding=encoding,
+            batch_size=batch_size,
+            linger=linger,
+        )
         await pub.open()
         return pub
 
@@ -171,6 +198,7 @@ class Publisher:
             await nc.close()
             raise
         self._nc = nc
+        self._buffers.max_bytes = min(self.max_envelope_bytes, nc.max_payload)
         self._retrier = asyncio.create_task(self._retry_loop(), name="workledger-publisher-retry")
 
     async def _check_stream(self, nc: Client) -> None:
@@ -190,8 +218,8 @@ class Publisher:
 
     @property
     def in_flight(self) -> int:
-        """Events accepted by :meth:`publish` and not yet acknowledged."""
-        return len(self._pending)
+        """Events accepted by :meth:`publish` and not yet acknowledged (buffered or sent)."""
+        return self._unsettled
 
     async def publish(self, event: Event) -> str:
         """Accept one event into the buffer and return its id; the ack comes later.
@@ -200,34 +228,48 @@ class Publisher:
 
         :raises PublishError: at once if the encoded event exceeds the server's max payload.
         """
-        entry = self._prepare(event)
-        await self._admit(entry)
-        return entry.event_id
+        item = self._prepare(event)
+        await self._accept(item)
+        return item.event.id
+
+    async def publish_many(self, events: Iterable[Event]) -> list[str]:
+        """:meth:`publish` each event, in order; return their ids.
+
+        Every event is stamped, encoded and checked before any is accepted, so an oversized
+        one raises :class:`PublishError` with nothing of the call sent.
+        """
+        items = [self._prepare(event) for event in events]
+        for item in items:
+            await self._accept(item)
+        return [item.event.id for item in items]
 
     async def publish_and_wait(self, event: Event) -> int:
         """Publish one event and wait for its ack; return its stream sequence.
 
-        Retries like :meth:`publish`, so this waits as long as NATS is away.
+        Retries like :meth:`publish`, so this waits as long as NATS is away. In an envelope,
+        the event waits for it to be sent (at most ``linger``) and gets its sequence.
 
         :raises StreamNotFoundError: if no stream stores the event's subject.
         :raises PublishError: if JetStream refused the event.
         """
-        entry = self._prepare(event)
-        entry.waiter = asyncio.get_running_loop().create_future()
-        await self._admit(entry)
-        return await entry.waiter
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        item = self._prepare(event, waiter)
+        await self._accept(item)
+        return await waiter
 
     async def flush(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 (mirrors SyncPublisher)
-        """Wait until every accepted event is acknowledged.
+        """Send what waits in envelope buffers, then wait until every accepted event is
+        acknowledged.
 
         :raises PublishError: if events are still unacknowledged after ``timeout`` seconds
             (they stay in flight and keep being retried), or if JetStream refused events since
             the last flush (then :attr:`failed` lists them).
         :raises StreamNotFoundError: if every refusal since the last flush was "no stream".
         """
+        await self._ship_all()
         if not await self._wait_idle(timeout):
             raise PublishError(
-                f"{len(self._pending)} events still unacknowledged after {timeout}s; "
+                f"{self._unsettled} events still unacknowledged after {timeout}s; "
                 "they are kept and retried"
             )
         self._raise_unreported()
@@ -241,6 +283,7 @@ class Publisher:
         if self._nc is None:
             return
         try:
+            await self._ship_all()
             if not await self._wait_idle(timeout):
                 lost = self._abandon_pending()
                 raise PublishError(
@@ -266,38 +309,60 @@ class Publisher:
 
     # --- accepting -----------------------------------------------------------------------------
 
-    def _prepare(self, event: Event) -> _Pending:
+    def _prepare(self, event: Event, waiter: asyncio.Future[int] | None = None) -> Item:
         if self._nc is None:
             raise LogError("the publisher is not connected; use `await Publisher.connect(...)`")
         event = codec.stamp(event)
-        entry = _Pending(event.id, subject_for(self.config.subject_prefix, event), b"")
-        entry.data = self._encode(event)
-        if self.signer is not None:
-            entry.headers[HEADER] = self.signer.header(entry.subject, entry.data)
-        self._check_size(entry)
-        return entry
+        item = Item(event, codec.encode(event, self._encoding), waiter)
+        self._check_size(item)
+        return item
 
-    def _check_size(self, entry: _Pending) -> None:
+    def _check_size(self, item: Item) -> None:
         """Refuse here what the server or the daemons would refuse, with the reason."""
         assert self._nc is not None
         for limit, whose in (
             (self._nc.max_payload, "the server's max payload"),
             (self.max_event_bytes, "the maximum event size"),
         ):
-            if len(entry.data) > limit:
-                reason = f"{len(entry.data)} bytes exceeds {whose}"
-                self._failed.append(Failure(entry.event_id, reason))
-                raise PublishError(f"event {entry.event_id}: {reason} ({limit})")
+            if len(item.data) > limit:
+                reason = f"{len(item.data)} bytes exceeds {whose}"
+                self._failed.append(Failure(item.event.id, reason))
+                raise PublishError(f"event {item.event.id}: {reason} ({limit})")
 
-    async def _admit(self, entry: _Pending) -> None:
+    async def _accept(self, item: Item) -> None:
+        """Take a slot (waiting while none is free), then buffer the event or send it."""
         await self._slots.acquire()
         if self._nc is None:
             self._slots.release()
             raise LogError("the publisher was closed while this event waited for a slot")
+        self._unsettled += 1
+        self._idle.clear()
+        for message in self._buffers.add(item):
+            await self._ship(message)
+
+    def _linger_over(self, pool: str | None) -> None:
+        """A buffer's first event has waited ``linger``: send what it holds now."""
+        message = self._buffers.seal(pool)
+        if message is not None:
+            task = asyncio.create_task(self._ship(message))
+            self._shipping.add(task)
+            task.add_done_callback(self._shipping.discard)
+
+    async def _ship_all(self) -> None:
+        for message in self._buffers.seal_all():
+            await self._ship(message)
+
+    async def _ship(self, message: Sealed) -> None:
+        await self._send(*self._track(message))
+
+    def _track(self, message: Sealed) -> tuple[int, _Pending]:
+        """Sign a sealed message and keep it until its ack."""
+        entry = _Pending(message)
+        if self.signer is not None:
+            entry.headers[HEADER] = self.signer.header(message.subject, message.data)
         key, self._next_key = self._next_key, self._next_key + 1
         self._pending[key] = entry
-        self._idle.clear()
-        await self._send(key, entry)
+        return key, entry
 
     # --- sending and retrying ------------------------------------------------------------------
 
@@ -310,10 +375,11 @@ class Publisher:
         entry.attempt += 1
         entry.due = time.monotonic() + self.ack_timeout
         reply = f"{self._inbox}.{key}.{entry.attempt}"
+        sent = entry.message
         try:
-            await self._nc.publish(entry.subject, entry.data, reply=reply, headers=entry.headers)
+            await self._nc.publish(sent.subject, sent.data, reply=reply, headers=entry.headers)
         except nats.errors.Error as exc:
-            _log.debug("publish of %s deferred: %s", entry.event_id, describe(exc))
+            _log.debug("publish of %s deferred: %s", sent.describe(), describe(exc))
             entry.due = time.monotonic() + _RETRY_BACKOFF
 
     async def _retry_loop(self) -> None:
@@ -343,7 +409,7 @@ class Publisher:
     # --- acks ----------------------------------------------------------------------------------
 
     async def _on_reply(self, msg: Msg) -> None:
-        """JetStream's answer to one send: settle the event, or schedule another try."""
+        """JetStream's answer to one send: settle its events, or schedule another try."""
         key, attempt = (int(part) for part in msg.subject.rsplit(".", 2)[1:])
         entry = self._pending.get(key)
         if entry is None:
@@ -351,7 +417,7 @@ class Publisher:
         status = msg.headers.get("Status") if msg.headers else None
         reply = read_reply(msg.data, status)
         if reply.verdict is Verdict.STORED:
-            self._settle(key, entry, reply.seq)  # whichever send it answers, the event is in
+            self._settle(key, entry, reply.seq)  # whichever send it answers, it is stored
         elif attempt != entry.attempt:
             return  # a superseded send's error; the latest send decides
         elif reply.verdict is Verdict.NO_STREAM:
@@ -359,7 +425,8 @@ class Publisher:
         elif reply.verdict is Verdict.RETRY:
             entry.due = time.monotonic() + _RETRY_BACKOFF
         else:
-            self._settle(key, entry, PublishError(f"event {entry.event_id}: {reply.reason}"))
+            error = PublishError(f"{entry.message.describe()}: {reply.reason}")
+            self._settle(key, entry, error)
 
     def _on_no_stream(self, key: int, entry: _Pending) -> None:
         """No stream answered: normal for a moment while a server restarts, final after that."""
@@ -369,26 +436,30 @@ class Publisher:
             entry.due = now + _RETRY_BACKOFF
             return
         error = StreamNotFoundError(
-            f"event {entry.event_id}: no stream stores subject {entry.subject!r} "
+            f"{entry.message.describe()}: no stream stores subject {entry.message.subject!r} "
             f"(expected stream {self.config.stream!r})"
         )
         self._settle(key, entry, error)
 
     def _settle(self, key: int, entry: _Pending, outcome: int | LogError) -> None:
-        """The event's fate is known: free its slot and tell whoever waits."""
+        """The message's fate is known: free its events' slots and tell whoever waits."""
         del self._pending[key]
-        self._slots.release()
-        if not self._pending:
+        items = entry.message.items
+        for _ in items:
+            self._slots.release()
+        self._unsettled -= len(items)
+        if not self._unsettled:
             self._idle.set()
-        if isinstance(outcome, LogError):
-            self._record_failure(entry, outcome)
-        elif entry.waiter is not None and not entry.waiter.done():
-            entry.waiter.set_result(outcome)
+        for item in items:
+            if isinstance(outcome, LogError):
+                self._record_failure(item, outcome)
+            elif item.waiter is not None and not item.waiter.done():
+                item.waiter.set_result(outcome)
 
-    def _record_failure(self, entry: _Pending, error: LogError) -> None:
-        self._failed.append(Failure(entry.event_id, str(error)))
-        if entry.waiter is not None and not entry.waiter.done():
-            entry.waiter.set_exception(error)  # raised to its caller, so not again by flush
+    def _record_failure(self, item: Item, error: LogError) -> None:
+        self._failed.append(Failure(item.event.id, str(error)))
+        if item.waiter is not None and not item.waiter.done():
+            item.waiter.set_exception(error)  # raised to its caller, so not again by flush
             return
         if not self._unreported:  # one line per burst; flush() raises with the details
             _log.error("events were not stored: %s (see Publisher.failed)", error)
@@ -415,19 +486,22 @@ class Publisher:
 
     def _abandon_pending(self) -> int:
         """Closing with events unacknowledged: list them as failed, never drop them silently."""
+        for message in self._buffers.seal_all():  # only if cancelled before they were sent
+            self._track(message)
         abandoned = list(self._pending.items())
         for key, entry in abandoned:
-            error = PublishError(f"event {entry.event_id}: not acknowledged before close")
+            error = PublishError(f"{entry.message.describe()}: not acknowledged before close")
             self._settle(key, entry, error)
         if abandoned:
             self._unreported.clear()  # the caller is told by close()
-        return len(abandoned)
+        return sum(len(entry.message.items) for _, entry in abandoned)
 
     async def _disconnect(self) -> None:
-        if self._retrier is not None:
-            self._retrier.cancel()
-            await asyncio.gather(self._retrier, return_exceptions=True)
-            self._retrier = None
+        tasks = [*self._shipping, *([self._retrier] if self._retrier else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._retrier = None
         nc, self._nc = self._nc, None
         if nc is not None:
             try:
@@ -455,6 +529,8 @@ class SyncPublisher:
         max_in_flight: int = 1024,
         ack_timeout: float = 5.0,
         encoding: Encoding = "json",
+        batch_size: int = 1,
+        linger: float = _LINGER,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -462,7 +538,12 @@ class SyncPublisher:
         )
         self._thread.start()
         connecting = Publisher.connect(
-            config, max_in_flight=max_in_flight, ack_timeout=ack_timeout, encoding=encoding
+            config,
+            max_in_flight=max_in_flight,
+            ack_timeout=ack_timeout,
+            encoding=encoding,
+            batch_size=batch_size,
+            linger=linger,
         )
         try:
             self._publisher: Publisher = self._run(connecting)
@@ -478,6 +559,10 @@ class SyncPublisher:
     def publish(self, event: Event) -> str:
         """See :meth:`Publisher.publish`."""
         return self._run(self._publisher.publish(event))
+
+    def publish_many(self, events: Iterable[Event]) -> list[str]:
+        """See :meth:`Publisher.publish_many`: one hand-over to the loop for all of them."""
+        return self._run(self._publisher.publish_many(list(events)))
 
     def publish_and_wait(self, event: Event) -> int:
         """See :meth:`Publisher.publish_and_wait`."""

@@ -23,10 +23,17 @@ import msgspec
 from anyio.abc import TaskStatus
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
-from workledger.core.codec import decode, stamp
+from workledger.core.codec import (
+    MAX_ENVELOPE_BYTES,
+    Invalid,
+    Message,
+    encode_json,
+    stamp,
+    unpack,
+)
 from workledger.core.errors import InvalidEventError
-from workledger.core.events import MAX_EVENT_BYTES
-from workledger.core.log import LogConfig, connect, ensure_stream
+from workledger.core.events import MAX_EVENT_BYTES, Event
+from workledger.core.log import LogConfig, connect, encode_token, ensure_stream, envelope_pool
 from workledger.core.signing import Verifier, load_verifier
 from workledger.projections import _groups, _position
 from workledger.projections.views import Quarantined
@@ -48,7 +55,8 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How the daemon reads the log.
 
     ``filter_subjects`` partitions the stream between daemons (e.g. one pool each); empty means
-    the whole stream. A message bigger than ``max_event_bytes`` is quarantined undecoded.
+    the whole stream. An event bigger than ``max_event_bytes`` is quarantined undecoded, as is
+    an envelope bigger than :data:`~workledger.core.codec.MAX_ENVELOPE_BYTES` (1 MiB).
     ``allow_gap``: carry on (counting ``missed``) when messages the read models lack are gone
     from the stream, instead of stopping with :class:`~workledger.core.errors.GapError`.
     ``watch_interval``: how often the stream is checked for deletion and gaps.
@@ -82,40 +90,69 @@ def to_batch(
     stream: str,
     *,
     max_bytes: int = MAX_EVENT_BYTES,
+    max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
     verifier: Verifier | None = None,
 ) -> Batch:
     """Decode JetStream messages into a batch; a bad one is quarantined, never raised.
 
-    With a ``verifier``, a message not signed by a trusted key is quarantined with the reason.
+    An envelope gives several events that share its stream sequence (stores apply whole
+    messages, so the checkpoint stays exact); an event of it that cannot be applied is
+    quarantined alone, the reason naming its index. With a ``verifier``, a message not signed
+    by a trusted key is quarantined with the reason (an envelope whole: one signature covers it).
     """
     events: list[Sequenced] = []
     quarantined: list[Quarantined] = []
     last_seq = 0
     for msg in messages:
-        meta = msg.metadata
-        seq = meta.sequence.stream
+        seq = msg.metadata.sequence.stream
         last_seq = max(last_seq, seq)
         refused = verifier.check(msg.subject, msg.data, msg.headers) if verifier else None
         if refused is not None:
             quarantined.append(_quarantine(seq, msg.subject, refused, msg.data))
             continue
         try:
-            event = _decode(msg.data, max_bytes)
+            message = _decode(msg, max_bytes, max_envelope_bytes)
         except InvalidEventError as exc:
             quarantined.append(_quarantine(seq, msg.subject, str(exc), msg.data))
             continue
-        event = stamp(event, default_id=f"{stream}:{seq}", now=_utc(meta.timestamp))
-        events.append(Sequenced(seq, msg.subject, event))
+        now = _utc(msg.metadata.timestamp)
+        for index, item in enumerate(message.events):
+            if isinstance(item, Invalid):
+                quarantined.append(_quarantine(seq, msg.subject, item.reason, item.data))
+                continue
+            default = f"{stream}:{seq}:{index}" if message.envelope else f"{stream}:{seq}"
+            events.append(Sequenced(seq, msg.subject, stamp(item, default_id=default, now=now)))
     return Batch(events=events, quarantined=quarantined, last_seq=last_seq)
 
 
-def _decode(data: bytes, max_bytes: int) -> Any:
-    """Refuse an oversized message before decoding it: its size is all we need to know."""
-    if len(data) > max_bytes:
+def _decode(msg: Any, max_bytes: int, max_envelope_bytes: int) -> Message:
+    """One message's events; an envelope's must be on its pool's envelope subject.
+
+    :raises InvalidEventError: when nothing of the message can be applied.
+    """
+    message = unpack(msg.data, max_event_bytes=max_bytes, max_envelope_bytes=max_envelope_bytes)
+    if not message.envelope:
+        return message
+    pool = envelope_pool(msg.subject)
+    if pool is None:
         raise InvalidEventError(
-            f"message of {len(data)} bytes exceeds the maximum event size of {max_bytes} bytes"
+            "an envelope must be published to <prefix>.<pool>.envelope (docs/wire.md#envelopes)"
         )
-    return decode(data)
+    count = len(message.events)
+    checked = [_in_pool(item, pool, index, count) for index, item in enumerate(message.events)]
+    return Message(checked, envelope=True)
+
+
+def _in_pool(item: Event | Invalid, pool: str, index: int, count: int) -> Event | Invalid:
+    """An envelope holds one pool's events: one of another pool would escape the partition
+    that serves its pool, so it is set aside, naming both."""
+    if isinstance(item, Invalid) or encode_token(item.pool_key) == pool:
+        return item
+    reason = (
+        f"event {index} of {count} in the envelope: its pool {item.pool_key!r} is not the "
+        f"envelope's (subject token {pool!r})"
+    )
+    return Invalid(reason, encode_json(item))
 
 
 def _quarantine(seq: int, subject: str, reason: str, data: bytes) -> Quarantined:
