@@ -327,24 +327,39 @@ def _cpu_model() -> str:
 
 
 def run_section(name: str, args: argparse.Namespace, argv: list[str]) -> dict[str, float]:
-    """Run one section in a fresh interpreter; its output goes straight to ours."""
+    """Run one section in a fresh interpreter; its output goes straight to ours.
+
+    :raises RuntimeError: with the section's first error when it fails.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         result = Path(tmp) / "result.json"
         command = [sys.executable, __file__, *argv, "--section", name, "--result", str(result)]
         done = subprocess.run(command, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"exit status {done.returncode}")
-        values: dict[str, float] = json.loads(result.read_text())
+        found = json.loads(result.read_text()) if result.exists() else {}
+        if done.returncode != 0 or "error" in found:
+            raise RuntimeError(found.get("error") or f"exit status {done.returncode}")
+        values: dict[str, float] = found["figures"]
         return values
 
 
 def child(args: argparse.Namespace) -> None:
     """``--section``: measure one section here and write its figures to ``--result``."""
-    values = SECTIONS[args.section](args)
+    try:
+        values = SECTIONS[args.section](args)
+    except Exception as exc:
+        args.result.write_text(json.dumps({"error": _first_cause(exc)}))
+        raise
     for key, value in values.items():
         unit, _ = describe(key, args)
         print(f"  {key:<58} {_format(value, unit):>14} {unit}", flush=True)
-    args.result.write_text(json.dumps(values))
+    args.result.write_text(json.dumps({"figures": values}))
+
+
+def _first_cause(exc: BaseException) -> str:
+    """The first leaf of an exception group (task groups wrap what failed), in one line."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
 def _format(value: float, unit: str) -> str:
@@ -395,7 +410,8 @@ def plain(report: Report) -> str:
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("events", "repeat", "workers", "tasks", "samples", "rate", "latency_seconds")
+    keys: tuple[str, ...] = ("events", "repeat", "workers", "tasks", "samples", "rate")
+    keys += ("latency_seconds",)
     keys += ("rebuild_events", "rebuild_batch_size", "quick")
     return {k: getattr(args, k) for k in keys}
 
