@@ -480,7 +480,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--rebuild-batch-size",
         type=int,
         default=None,
-        help="events per message in the replayed stream (default: the envelope size if any)",
+        help="events per message in the replayed stream (default 1, the SDK's default wire)",
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where the report goes")
     parser.add_argument("--section", choices=list(SECTIONS), help=argparse.SUPPRESS)

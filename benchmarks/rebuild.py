@@ -5,13 +5,13 @@ nats-server with its store in a temporary directory under ``--dir``, loads the s
 generated events, then times :func:`workledger.rebuild.rebuild` (the command's own code path:
 a Projector on one DuckDBStore, then the swap) and checks every event was applied.
 
-Loading is streamed (never N events in memory) and reported separately: through the SDK's
-batched envelopes when the Publisher has them (``--batch-size``), else the fastest way per
-message, plain NATS publishes without a reply, with one acknowledged publish every
-``SYNC_EVERY`` messages so JetStream's ingest queue never overflows (a core publish it cannot
-take is dropped silently); the stream's last sequence is checked afterwards. Needs roughly
-``BYTES_PER_EVENT`` of free disk per event; the free space is printed first and a run that
-would not fit is refused.
+Loading is streamed (never N events in memory) and reported separately. By default one event
+a message (the SDK's default wire), loaded the fastest way: plain NATS publishes without a
+reply, with one acknowledged publish every ``SYNC_EVERY`` messages so JetStream's ingest queue
+never overflows (a core publish it cannot take is dropped silently); the stream's last
+sequence is checked afterwards. ``--batch-size B`` loads through the SDK's envelopes instead
+(B events a message), to time replaying those. Needs roughly ``BYTES_PER_EVENT`` of free disk
+per event; the free space is printed first and a run that would not fit is refused.
 """
 
 from __future__ import annotations
@@ -91,10 +91,9 @@ def bench_rebuild(
 ) -> dict[str, float]:
     """Seconds and events/s of the rebuild; the load's seconds; the files' sizes (bytes).
 
-    ``batch_size``: events per message in the stream; by default the envelope size when the
-    Publisher batches (as services would publish), else 1."""
+    ``batch_size``: events per message in the stream (default 1)."""
     where = where or Path(tempfile.gettempdir())
-    batch_size = batch_size or max(publish.batch_sizes())
+    batch_size = batch_size or 1
     check_space(where, events)
     with tempfile.TemporaryDirectory(dir=where, prefix="wl-rebuild-") as tmp:
         root = Path(tmp)
