@@ -16,6 +16,10 @@ is simplest; Ed25519 gives each service an identity of its own whose private key
 it. Keys live in files whose name (without the suffix) is the key id: ``billing.key`` (Ed25519
 private key, PEM) or ``billing.secret`` (HMAC secret) to sign; ``billing.pub`` (PEM) or
 ``billing.secret`` in the directory of trusted keys to verify.
+
+An envelope of events (docs/wire.md#envelopes) is one message with one signature over all of
+it: verifying costs once per envelope, and a change to any of its events voids the signature
+for all of them, so the daemon quarantines the envelope whole.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ It follows ``GET /v1/feed`` and keeps following: when the daemon restarts or the
 drops it reconnects, resuming after the last sequence it printed, so nothing is printed twice
 and nothing is skipped silently (a ``gap`` the daemon can no longer fill is reported). Notices
 go to stderr, so ``--json`` output stays one JSON object per line.
+
+The events of one envelope share a stream sequence; a daemon that gives the SSE ``id`` only
+to the last of them has the group sent again after a reconnect in its middle, and the events
+already printed from it are skipped (by event id).
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ class _Follower:
         self.api, self.params, self.after, self.as_json = api, params, after, as_json
         self.headers = auth_headers(api_token())
         self.connected = True  # until the first failure says otherwise
+        self.printed: set[str] = set()  # event ids printed since the last SSE id
 
     def run(self) -> None:
         """Print the feed until interrupted, reconnecting after the last sequence printed."""
@@ -161,20 +166,23 @@ class _Follower:
 
     def _handle(self, message: _Message) -> None:
         if message.event == "message":
-            _print_item(message.data, self.as_json)
-            self.after = int(message.id) if message.id else self.after
+            self._item(message)
         elif message.event == "ready":
             self.connected = True
             _notice(self.api, message)
         else:
             _notice(self.api, message)
 
-
-def _print_item(data: str, as_json: bool) -> None:
-    if as_json:
-        click.echo(data)
-    else:
-        click.echo(format_line(msgspec.json.decode(data)))
+    def _item(self, message: _Message) -> None:
+        """Print an event once; a message with an ``id`` ends its stream sequence's group."""
+        item = msgspec.json.decode(message.data)
+        if item["id"] not in self.printed:
+            click.echo(message.data if self.as_json else format_line(item))
+        if message.id:
+            self.after = int(message.id)
+            self.printed.clear()
+        else:
+            self.printed.add(item["id"])
 
 
 def _notice(api: str, message: _Message) -> None:

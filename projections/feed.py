@@ -164,7 +164,11 @@ class Subscription:
         self._wake.set()
 
     async def next(self, timeout: float, most: int = 500) -> list[Sequenced]:  # noqa: ASYNC109
-        """Up to ``most`` events, waiting up to ``timeout``; [] on timeout or once lagged."""
+        """Up to ``most`` events, waiting up to ``timeout``; [] on timeout or once lagged.
+
+        The events of one stream sequence (an envelope's) come in the same call, even past
+        ``most``: a client resuming after a sequence then has all of it or none of it.
+        """
         if not (self._backlog or self._pending or self.lagged):
             self._wake = anyio.Event()  # offer() sets whichever is current: no lost wake-up
             with anyio.move_on_after(timeout):
@@ -172,7 +176,10 @@ class Subscription:
         if self.lagged:
             return []
         source = self._backlog or self._pending
-        return [source.popleft() for _ in range(min(most, len(source)))]
+        taken = [source.popleft() for _ in range(min(most, len(source)))]
+        while taken and source and source[0].seq == taken[-1].seq:
+            taken.append(source.popleft())
+        return taken
 
 
 class Feed:

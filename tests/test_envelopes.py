@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import random
 from collections import Counter
 from collections.abc import Sequence
@@ -21,6 +22,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from workledger.cli_tail import _Follower
+from workledger.cli_tail import _Message as _TailMessage
 from workledger.core import codec
 from workledger.core import events as ev
 from workledger.core.errors import InvalidEventError, PublishError
@@ -37,7 +40,8 @@ from workledger.core.log import (
 from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Encoding, Publisher, SyncPublisher
 from workledger.projections.daemon import Projector, ProjectorConfig, to_batch
-from workledger.stores.base import ReadModel
+from workledger.projections.feed import FeedFilter, Subscription
+from workledger.stores.base import ReadModel, Sequenced
 from workledger.stores.memory import MemoryStore
 
 from .conftest import run_in_thread
@@ -522,3 +526,36 @@ def test_batch_size_must_fit_in_flight() -> None:
     """An envelope larger than the in-flight bound could never fill."""
     with pytest.raises(ValueError, match="batch_size"):
         Publisher(LogConfig(), batch_size=2000, max_in_flight=1000)
+
+
+# --- readers of the live feed ----------------------------------------------------------------
+
+
+@pytest.mark.anyio
+async def test_the_feed_never_splits_the_events_of_one_sequence() -> None:
+    """A subscriber gets an envelope's events in one chunk, even past ``most``."""
+    events = [Sequenced(seq, "s", e) for seq, e in zip([1, 2, 2, 2, 3], _progress(5), strict=True)]
+    sub = Subscription(FeedFilter(), limit=100, backlog=events)
+    chunks = [await sub.next(0.0, most=2), await sub.next(0.0, most=2)]
+    assert [[s.seq for s in chunk] for chunk in chunks] == [[1, 2, 2, 2], [3]]
+
+
+def test_tail_prints_each_event_once_when_a_sequence_is_sent_again(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Events of one sequence carry the SSE id only on the last; a reconnect in the middle
+    resends the group, and tail skips what it printed."""
+    follower = _Follower("http://127.0.0.1:1", {}, None, as_json=True)
+
+    def item(seq: int, event_id: str, *, last: bool) -> _TailMessage:
+        data = msgspec.json.encode({"seq": seq, "id": event_id}).decode()
+        return _TailMessage("message", data, str(seq) if last else None)
+
+    for message in (item(4, "a", last=True), item(5, "b", last=False)):
+        follower._handle(message)
+    assert follower.after == 4  # the connection drops here; the daemon resends sequence 5
+    for message in (item(5, "b", last=False), item(5, "c", last=True), item(6, "d", last=True)):
+        follower._handle(message)
+    printed = [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()]
+    assert printed == ["a", "b", "c", "d"]
+    assert follower.after == 6

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from workledger.core import codec
 from workledger.core import events as ev
-from workledger.core.log import LogConfig, connect, subject_for
+from workledger.core.log import LogConfig, connect, envelope_subject, subject_for
 from workledger.core.publisher import Publisher
 from workledger.core.signing import (
     HEADER,
@@ -183,6 +183,44 @@ async def test_a_forged_or_altered_event_is_quarantined(
         _reasons(store)
         == ["forged or altered: the ed25519 signature of key 'billing' does not match"] * 2
     )
+
+
+async def test_one_signature_covers_a_whole_envelope(
+    log_stream: LogConfig, keys: Path, trusted: Path
+) -> None:
+    """The publisher signs each envelope once; the daemon verifies it once and applies every
+    event in it."""
+    signing = _signing(log_stream, _ed25519_pair(keys, trusted, "billing"))
+    events = [ev.TaskSubmitted(task=f"t-{n}", pool="gpu", queue="q") for n in range(20)]
+    async with Publisher(signing, batch_size=10) as pub:
+        await pub.publish_many(events[:-1])
+        last = await pub.publish_and_wait(events[-1])
+    store = await _project(_verifying(log_stream, trusted), last)
+    assert last == 2  # two envelopes, two signatures
+    assert (store.stats().applied, store.stats().quarantined) == (20, 0)
+
+
+async def test_an_altered_or_unsigned_envelope_is_quarantined_whole(
+    log_stream: LogConfig, keys: Path, trusted: Path
+) -> None:
+    """Changing one event of a signed envelope voids the signature of all of them; an
+    unsigned envelope is refused like an unsigned event."""
+    signer = load_signer(_ed25519_pair(keys, trusted, "billing"))
+    events = [codec.stamp(ev.TaskCompleted(task=f"t-{n}", pool="gpu")) for n in range(3)]
+    subject = envelope_subject(log_stream.subject_prefix, "gpu")
+    data = codec.encode_envelope(events)
+    signature = signer.header(subject, data)
+    msg_id = codec.envelope_id(e.id for e in events)
+    altered = data.replace(b"t-2", b"t-9")
+    await _publish_raw(log_stream, subject, altered, {HEADER: signature, "Nats-Msg-Id": "a"})
+    last = await _publish_raw(log_stream, subject, data, {"Nats-Msg-Id": msg_id})
+    store = await _project(_verifying(log_stream, trusted), last)
+    assert store.stats().applied == 0
+    assert _reasons(store) == [
+        "forged or altered: the ed25519 signature of key 'billing' does not match",
+        "unsigned: no Wl-Signature header, and this daemon accepts only signed events",
+    ]
+    assert [q.size for q in store.quarantined()] == [len(data)] * 2
 
 
 async def test_a_service_whose_key_is_not_trusted_is_rejected(
