@@ -96,7 +96,10 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True):
         _check(0 < self.heartbeat_interval <= 86_400, "heartbeat_interval must be in (0, 1 day]")
         _check(0 < self.utilization <= 1, "utilization must be in (0, 1]")
         outcomes = (self.retry_rate, self.failure_rate, self.cancel_rate, self.crash_rate)
-        _check(min(outcomes) >= 0 and sum(outcomes) < 1, "outcome rates must be >= 0, sum < 1")
+        _check(
+            min(outcomes) >= 0 and sum(outcomes) < 1,
+            "retry, failure, cancel and crash rates must be >= 0, sum < 1",
+        )
         _check(self.max_attempts >= 1, "max_attempts must be >= 1")
         _check(self.duration_median > 0 and self.duration_sigma >= 0, "durations must be > 0")
         _check(0 <= self.tail_share <= 1 and self.tail_alpha > 1, "tail: share <= 1, alpha > 1")

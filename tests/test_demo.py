@@ -44,6 +44,9 @@ class _Replay:
     task_pool: dict[str, str] = dataclasses.field(default_factory=dict)
     pool_limit: dict[str, int | None] = dataclasses.field(default_factory=dict)
     pool_held: Counter[str] = dataclasses.field(default_factory=Counter)
+    task_queue: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    queue_limit: dict[tuple[str, str], int | None] = dataclasses.field(default_factory=dict)
+    queue_held: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
     paused: set[str] = dataclasses.field(default_factory=set)
     last: dict[str, str | None] = dataclasses.field(
         default_factory=lambda: defaultdict(lambda: None)
@@ -64,6 +67,9 @@ class _Replay:
                 self.stopped.add(event.worker)
             case ev.PoolCreated() | ev.PoolUpdated():
                 self._pool(event)
+            case ev.QueueCreated() | ev.QueueUpdated():
+                if event.concurrency_limit is not msgspec.UNSET:
+                    self.queue_limit[event.pool, event.queue] = event.concurrency_limit
             case ev.TaskSubmitted() | ev.TaskClaimed() | ev.TaskStarted() | ev.TaskProgress():
                 self._task(event)
             case ev.TaskRetrying() | ev.TaskCompleted() | ev.TaskFailed():
@@ -84,6 +90,7 @@ class _Replay:
         match event:
             case ev.TaskSubmitted():
                 self.task_pool[task] = event.pool
+                self.task_queue[task] = (event.pool, event.queue)
             case ev.TaskClaimed():
                 self._claim(task, event)
             case ev.TaskStarted():
@@ -107,12 +114,17 @@ class _Replay:
         assert len(self.held[event.worker]) <= self.slots[event.worker], "more tasks than slots"
         limit = self.pool_limit.get(pool)
         assert limit is None or self.pool_held[pool] <= limit, f"pool {pool!r} over its limit"
+        queue = self.task_queue[task]
+        self.queue_held[queue] += 1
+        limit = self.queue_limit.get(queue)
+        assert limit is None or self.queue_held[queue] <= limit, f"queue {queue} over its limit"
 
     def _release(self, task: str) -> None:
         worker = self.holder.pop(task, None)
         if worker is not None:
             self.held[worker].discard(task)
             self.pool_held[self.task_pool[task]] -= 1
+            self.queue_held[self.task_queue[task]] -= 1
 
 
 @pytest.mark.anyio
