@@ -6,10 +6,14 @@ For each batch size (1 = one event per message, today's default wire) it prints
 - ``publish batch N``: ``Publisher.publish`` of every event until the last ack (no daemon);
 - ``pipeline batch N``: publish -> JetStream -> daemon -> MemoryStore, from the first publish
   until the daemon's store covers the last sequence (publisher and daemon share one process
-  and one event loop, as in ``run.py``).
+  and one event loop, as ``run.py`` did);
+- ``catch-up batch N``: a daemon reading the stream the publish run filled into a MemoryStore,
+  from its start until it covers the last sequence (the daemon alone);
+- ``transport batch N``: the same into a store that only counts: the ordered consumer and the
+  decoding without the fold, i.e. what nats-py and the codec allow.
 
-Each figure is the median of R runs, each on a fresh stream of an embedded nats-server, msgpack
-encoded, ``max_in_flight = max(1024, 8 x batch size)``. ``make bench`` calls
+Each figure is the median of R rounds, each on fresh streams of one embedded nats-server,
+msgpack encoded, ``max_in_flight = max(1024, 8 x batch size)``. ``make bench`` calls
 :func:`bench_envelopes`.
 """
 
@@ -22,6 +26,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import anyio
 
@@ -30,12 +35,27 @@ from workledger.core.log import LogConfig, connect, ensure_stream
 from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Publisher
 from workledger.projections.daemon import Projector, ProjectorConfig
+from workledger.stores.base import Batch, Store, StoreStats
 from workledger.stores.memory import MemoryStore
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import history
 
 SIZES = (1, 10, 100, 500)
+
+
+class _Counting:
+    """A store that folds nothing: what is left is the consumer and the decoding."""
+
+    def __init__(self) -> None:
+        self.checkpoint = self.applied = 0
+
+    def apply(self, batch: Batch) -> None:
+        self.applied += len(batch.events)
+        self.checkpoint = max(self.checkpoint, batch.last_seq)
+
+    def stats(self) -> StoreStats:
+        return StoreStats(checkpoint=self.checkpoint, applied=self.applied, quarantined=0)
 
 
 def _config(server: EmbeddedNats, stream: str) -> LogConfig:
@@ -55,23 +75,31 @@ async def _publish_all(pub: Publisher, items: Sequence[ev.Event]) -> int:
     return last
 
 
-async def _publish(
-    items: Sequence[ev.Event], server: EmbeddedNats, stream: str, size: int
-) -> float:
-    config = _config(server, stream)
+async def _publish(config: LogConfig, items: Sequence[ev.Event], size: int) -> tuple[float, int]:
+    """Events/s into a fresh stream (no daemon), and the last sequence."""
     client = await connect(config)
     await ensure_stream(client.jetstream(), config)
     await client.close()
     async with _publisher(config, size) as pub:
         began = time.perf_counter()
-        await _publish_all(pub, items)
-        return len(items) / (time.perf_counter() - began)
+        last = await _publish_all(pub, items)
+        return len(items) / (time.perf_counter() - began), last
 
 
-async def _pipeline(
-    items: Sequence[ev.Event], server: EmbeddedNats, stream: str, size: int
-) -> float:
-    config = _config(server, stream)
+async def _catch_up(config: LogConfig, last: int, store: MemoryStore | _Counting) -> float:
+    """Events/s of a daemon reading the whole stream into ``store``."""
+    projector = Projector(ProjectorConfig(log=config), [cast(Store, store)])
+    async with anyio.create_task_group() as tg:
+        began = time.perf_counter()
+        await tg.start(projector.run)
+        await projector.wait_for(last)
+        seconds = time.perf_counter() - began
+        tg.cancel_scope.cancel()
+    return store.stats().applied / seconds
+
+
+async def _pipeline(items: Sequence[ev.Event], config: LogConfig, size: int) -> float:
+    """Events/s from the first publish until the daemon's MemoryStore has the last event."""
     store = MemoryStore()
     projector = Projector(ProjectorConfig(log=config), [store])
     async with anyio.create_task_group() as tg:
@@ -87,20 +115,33 @@ async def _pipeline(
     return len(items) / seconds
 
 
+async def _round(
+    items: Sequence[ev.Event], server: EmbeddedNats, name: str, size: int
+) -> dict[str, float]:
+    """Each measure once, on fresh streams."""
+    filled = _config(server, f"{name}_A")
+    published, last = await _publish(filled, items, size)
+    return {
+        f"publish batch {size}": published,
+        f"pipeline batch {size}": await _pipeline(items, _config(server, f"{name}_B"), size),
+        f"catch-up batch {size}": await _catch_up(filled, last, MemoryStore()),
+        f"transport batch {size}": await _catch_up(filled, last, _Counting()),
+    }
+
+
 def bench_envelopes(
     items: Sequence[ev.Event], repeat: int, sizes: Sequence[int] = SIZES
 ) -> dict[str, float]:
-    """``{"publish batch N": events/s, "pipeline batch N": events/s}`` for each size N."""
-    rates: dict[str, float] = {}
+    """Events/s by name (``publish``, ``pipeline``, ``catch-up``, ``transport``, each as
+    ``"<measure> batch <N>"``) for each batch size N: the medians of ``repeat`` rounds."""
+    rates: dict[str, list[float]] = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(Path(tmp)) as server:
         for size in sizes:
-            for name, run in (("publish", _publish), ("pipeline", _pipeline)):
-                runs = [
-                    anyio.run(run, items, server, f"ENV_{name.upper()}_{size}_{i}", size)
-                    for i in range(repeat)
-                ]
-                rates[f"{name} batch {size}"] = statistics.median(runs)
-    return rates
+            for i in range(repeat):
+                measured = anyio.run(_round, items, server, f"ENV_{size}_{i}", size)
+                for name, rate in measured.items():
+                    rates.setdefault(name, []).append(rate)
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
