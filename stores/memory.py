@@ -7,9 +7,8 @@ instead of replaying the whole stream.
 
 from __future__ import annotations
 
-import heapq
 import os
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import islice
@@ -37,9 +36,12 @@ from workledger.projections.views import (
     WorkerView,
     WorkerWithStatus,
 )
+from workledger.stores._memory_indexes import FleetCounts, LiveTally, SeenIndex, SlotTally
 from workledger.stores.base import Batch, ReadModel, StoreStats
 
-__all__ = ["MemoryStore", "write_snapshot"]
+__all__ = ["FleetCounts", "MemoryStore", "write_snapshot"]
+
+_Pair = tuple[str | None, str | None]
 
 _EPOCH = datetime.min
 
@@ -65,8 +67,19 @@ class MemoryStore:
         self._by_status: dict[TaskStatus, SortedList] = {s: SortedList() for s in TaskStatus}
         self._newest = SortedList()
         self._held_by: dict[str, set[str]] = {}  # worker -> tasks holding one of its slots
+        # Holding tasks with no pool of their own count in their worker's: redo them when it moves.
+        self._borrowing: dict[str, set[str]] = {}
+        self._slots = SlotTally()
+        self._seen = SeenIndex()
+        self._live = LiveTally()
+        self._worker_pairs: Counter[_Pair] = Counter()  # (pool, None | queue) workers name
+        self._unfinished_pairs: Counter[_Pair] = Counter()  # (pool, queue) unfinished tasks name
+        # Slot stretches and sessions are derived only when asked for (utilization, the read
+        # model): most batches touch entities nobody asks about before they change again.
         self._intervals: dict[str, list[SlotInterval]] = {}
         self._sessions: dict[str, list[WorkerSession]] = {}
+        self._stale_tasks: set[str] = set()
+        self._stale_workers: set[str] = set()
         self._quarantine: deque[Quarantined] = deque(maxlen=quarantine_limit)
         self._checkpoint = 0
         self._applied = 0
@@ -89,17 +102,35 @@ class MemoryStore:
         self._checkpoint = max(done, batch.last_seq)
 
     def _refresh(self) -> None:
+        """Re-index what the batch touched: workers first, so tasks see their pools as now."""
         changes = self._ledger.changes
+        for worker_id in changes.workers:
+            self._index_worker(worker_id)
         for task_id in changes.tasks:
             self._index_task(task_id)
-        for worker_id in changes.workers:
-            view = self._ledger.worker(worker_id)
-            if view is not None:
-                self._workers[worker_id] = view
-            else:  # forgotten: out of the live view, its sessions stay
-                self._workers.pop(worker_id, None)
-            self._sessions[worker_id] = self._ledger.sessions(worker_id)
+        self._stale_workers |= changes.workers
+        self._stale_tasks |= changes.tasks
         changes.clear()
+
+    def _index_worker(self, worker_id: str) -> None:
+        old = self._workers.get(worker_id)
+        new = self._ledger.worker(worker_id)  # None once forgotten: out of the live view
+        if old == new:
+            return
+        if old is not None:
+            self._seen.discard(old)
+            self._live.discard(old)
+            _tally(self._worker_pairs, _worker_pairs(old), -1)
+        if new is not None:
+            self._workers[worker_id] = new
+            self._seen.add(new)
+            self._live.add(new)
+            _tally(self._worker_pairs, _worker_pairs(new), 1)
+        else:
+            del self._workers[worker_id]
+        if _pool(old) != _pool(new):
+            for task_id in self._borrowing.get(worker_id, ()):
+                self._place(self._tasks[task_id])
 
     def _index_task(self, task_id: str) -> None:
         old = self._tasks.get(task_id)
@@ -107,16 +138,35 @@ class MemoryStore:
         if new is None:
             return
         self._tasks[task_id] = new
-        self._intervals[task_id] = self._ledger.intervals(task_id)
         if old is not None:
             self._by_status[old.status].discard(_newest_first(old))
             self._newest.discard(_newest_first(old))
             if old.status.holds_slot and old.worker is not None:
-                self._held_by.get(old.worker, set()).discard(task_id)
+                self._held_by[old.worker].discard(task_id)
+                self._borrowing.get(old.worker, set()).discard(task_id)
+            _tally(self._unfinished_pairs, _unfinished_pair(old), -1)
         self._by_status[new.status].add(_newest_first(new))
         self._newest.add(_newest_first(new))
         if new.status.holds_slot and new.worker is not None:
             self._held_by.setdefault(new.worker, set()).add(task_id)
+            if new.pool is None:
+                self._borrowing.setdefault(new.worker, set()).add(task_id)
+        _tally(self._unfinished_pairs, _unfinished_pair(new), 1)
+        self._place(new)
+
+    def _place(self, view: TaskView) -> None:
+        where = (self._pool_of(view), view.queue) if view.status.holds_slot else None
+        self._slots.place(view.task, where)
+
+    def _settle(self) -> None:
+        """Derive the slot stretches and sessions of what changed since they were last asked."""
+        ledger = self._ledger
+        for task_id in self._stale_tasks:
+            self._intervals[task_id] = ledger.intervals(task_id)
+        for worker_id in self._stale_workers:
+            self._sessions[worker_id] = ledger.sessions(worker_id)
+        self._stale_tasks.clear()
+        self._stale_workers.clear()
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -162,26 +212,23 @@ class MemoryStore:
         limit: int | None = None,
         labels: Mapping[str, str] | None = None,
     ) -> list[WorkerWithStatus]:
-        """Filters first, then liveness and the held tasks for the few the limit keeps."""
+        """Walks the shortest newest-seen-first index the filters allow and stops at ``limit``
+        matches: the order is the answer's, so that is exact whatever ``now`` says."""
         keys, wanted = frozenset(task_keys), tuple((labels or {}).items())
+        if limit is not None and limit <= 0:
+            return []
         found = []
-        for view in self._workers.values():
-            if pool is not None and view.pool != pool:
-                continue
-            if queue is not None and view.queues and queue not in view.queues:
-                continue
-            if keys and keys.isdisjoint(view.task_keys):
-                continue
-            if wanted and any(view.labels.get(k) != v for k, v in wanted):
+        candidates = self._seen.candidates(pool=pool, queue=queue, task_keys=keys, labels=wanted)
+        for _, worker_id in candidates:
+            view = self._workers[worker_id]
+            if not _matches(view, pool, queue, keys, wanted):
                 continue
             state = liveness(view, now, multiplier)
             if status is None or state == status:
-                found.append((view, state))
-        if limit is None:
-            chosen = sorted(found, key=_seen_first)
-        else:
-            chosen = heapq.nsmallest(limit, found, key=_seen_first)
-        return [self._with_status(view, state) for view, state in chosen]
+                found.append(self._with_status(view, state))
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
 
     def worker(
         self, worker: str, *, now: datetime, multiplier: float = DEFAULT_MULTIPLIER
@@ -212,25 +259,22 @@ class MemoryStore:
                 worker=v.worker,
                 since=v.slot_acquired_at,
             )
-            for v in self._holding()
+            for v in map(self._tasks.__getitem__, self._slots.tasks(pool=pool, queue=queue))
         ]
-        chosen = [
-            h
-            for h in holders
-            if (pool is None or h.pool == pool) and (queue is None or h.queue == queue)
-        ]
-        return sorted(chosen, key=_holder_order)
+        return sorted(holders, key=_holder_order)
 
     def slot_counts(self, *, pool: str | None = None) -> list[SlotCount]:
-        counts: dict[tuple[str | None, str | None], int] = {}
-        for holder in self.slot_holders(pool=pool):
-            keys: list[tuple[str | None, str | None]] = [(holder.pool, None)]
-            if holder.queue is not None:
-                keys.append((holder.pool, holder.queue))
-            for key in keys:
-                counts[key] = counts.get(key, 0) + 1
-        ordered = sorted(counts.items(), key=lambda kv: _count_order(*kv[0]))
-        return [SlotCount(pool=p, queue=q, held=n) for (p, q), n in ordered]
+        """Kept per (pool, queue) as tasks change: one pass over pools and queues."""
+        return self._slots.counts(pool=pool)
+
+    def fleet_counts(
+        self, *, now: datetime, multiplier: float = DEFAULT_MULTIPLIER, pool: str | None = None
+    ) -> FleetCounts:
+        """What readiness needs from the fleet at ``now`` (in ``pool``), counted from indexes:
+        see :func:`workledger.readiness.store_readiness`."""
+        pairs = (*self._worker_pairs, *self._unfinished_pairs)
+        named = frozenset(p for p in pairs if pool is None or p[0] == pool)
+        return self._live.count(now=now, multiplier=multiplier, pool=pool, named=named)
 
     def pools(self) -> list[PoolView]:
         views = (self._ledger.pool(p) for p in sorted(self._ledger.pool_ids()))
@@ -245,6 +289,7 @@ class MemoryStore:
         return sorted(self._quarantine, key=lambda q: -q.seq)[:limit]
 
     def read_model(self) -> ReadModel:
+        self._settle()
         return ReadModel(
             tasks=[self._tasks[t] for t in sorted(self._tasks)],
             workers=[self._workers[w] for w in sorted(self._workers)],
@@ -257,11 +302,13 @@ class MemoryStore:
 
     def slot_intervals(self) -> Iterable[SlotInterval]:
         """Every slot stretch of every task (for utilization)."""
+        self._settle()
         for intervals in self._intervals.values():
             yield from intervals
 
     def worker_sessions(self) -> Iterable[WorkerSession]:
         """Every session of every worker (for utilization)."""
+        self._settle()
         for sessions in self._sessions.values():
             yield from sessions
 
@@ -286,11 +333,6 @@ class MemoryStore:
             bucket=bucket,
             multiplier=multiplier,
         )
-
-    def _holding(self) -> Iterable[TaskView]:
-        for status in (TaskStatus.PENDING, TaskStatus.RUNNING):
-            for _, task_id in self._by_status[status]:
-                yield self._tasks[task_id]
 
     def _pool_of(self, view: TaskView) -> str | None:
         """A task names its pool when submitted; before that, its worker's pool stands in."""
@@ -359,17 +401,46 @@ def _timestamp(moment: datetime | None) -> float:
     return moment.timestamp() if moment is not None else float("-inf")
 
 
-def _seen_first(found: tuple[WorkerView, WorkerStatus]) -> tuple[float, str]:
-    return (-_timestamp(found[0].last_seen), found[0].worker)
-
-
 def _newest_first(view: TaskView) -> tuple[float, str]:
     return (-_timestamp(view.updated_at), view.task)
 
 
-def _count_order(pool: str | None, queue: str | None) -> tuple[str, bool, str]:
-    """Each pool's total first, then its queues."""
-    return (pool or "", queue is not None, queue or "")
+def _matches(
+    view: WorkerView,
+    pool: str | None,
+    queue: str | None,
+    keys: frozenset[str],
+    wanted: tuple[tuple[str, str], ...],
+) -> bool:
+    """The ``workers`` filters, as :meth:`Store.workers` defines them."""
+    if pool is not None and view.pool != pool:
+        return False
+    if queue is not None and view.queues and queue not in view.queues:
+        return False
+    if keys and keys.isdisjoint(view.task_keys):
+        return False
+    return not (wanted and any(view.labels.get(k) != v for k, v in wanted))
+
+
+def _pool(view: WorkerView | None) -> str | None:
+    return view.pool if view is not None else None
+
+
+def _worker_pairs(view: WorkerView) -> list[_Pair]:
+    """The pool and the (pool, queue)s a worker names, whatever its status."""
+    return [(view.pool, None), *((view.pool, q) for q in set(view.queues))]
+
+
+def _unfinished_pair(view: TaskView) -> list[_Pair]:
+    """An unfinished task naming its pool names its (pool, queue) too."""
+    return [] if view.status.terminal or view.pool is None else [(view.pool, view.queue)]
+
+
+def _tally(counter: Counter[_Pair], pairs: Iterable[_Pair], step: int) -> None:
+    for pair in pairs:
+        counter[pair] += step
+        if counter[pair] <= 0:
+            del counter[pair]
 
 
 def _holder_order(h: SlotHolder) -> tuple[str, str, float, str]:

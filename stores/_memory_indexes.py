@@ -1,0 +1,271 @@
+"""Indexes the in-memory store keeps beside the fold, so a live query reads about what it returns.
+
+Each is updated per touched entity when a batch is applied, and answers exactly what a scan of
+every worker or task would (the property tests in ``tests/test_memory_indexes.py`` compare them
+with brute force). Liveness depends on the query's clock, so nothing here stores a status:
+workers are kept newest-seen first, or by their last sign of life, and the clock is applied at
+query time.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+
+import msgspec
+from sortedcontainers import SortedList
+
+from workledger.projections.views import SlotCount, WorkerView
+
+__all__ = ["FleetCounts", "LiveTally", "SeenIndex", "SlotTally", "seen_key"]
+
+SeenKey = tuple[float, str]  # (-last seen timestamp, worker): the order ``workers`` answers in
+_Term = tuple[Hashable, ...]
+_ALL: _Term = ("all",)
+_ANY_QUEUE: _Term = ("any queue",)  # workers listing no queue serve every queue
+
+
+def seen_key(view: WorkerView) -> SeenKey:
+    """Most recently seen first (never seen last), then by id."""
+    seen = view.last_seen
+    return (-seen.timestamp() if seen is not None else float("inf"), view.worker)
+
+
+class SeenIndex:
+    """Workers newest-seen first, overall and per pool, queue, task key and label.
+
+    A filtered query walks the shortest list its filters allow, so with a ``limit`` it stops
+    after about as many workers as it returns (more when many are filtered out by status).
+    """
+
+    def __init__(self) -> None:
+        self._lists: dict[_Term, SortedList] = {}
+
+    def add(self, view: WorkerView) -> None:
+        key = seen_key(view)
+        for term in _terms(view):
+            found = self._lists.get(term)
+            if found is None:
+                found = self._lists[term] = SortedList()
+            found.add(key)
+
+    def discard(self, view: WorkerView) -> None:
+        key = seen_key(view)
+        for term in _terms(view):
+            found = self._lists[term]
+            found.discard(key)
+            if not found:
+                del self._lists[term]
+
+    def candidates(
+        self,
+        *,
+        pool: str | None,
+        queue: str | None,
+        task_keys: Iterable[str],
+        labels: Sequence[tuple[str, str]],
+    ) -> Iterator[SeenKey]:
+        """A superset of the matching workers, newest-seen first, each once."""
+        options: list[list[_Term]] = [[_ALL]]
+        if pool is not None:
+            options.append([("pool", pool)])
+        if queue is not None:
+            options.append([("queue", queue), _ANY_QUEUE])
+        keys = list(task_keys)
+        if keys:
+            options.append([("key", k) for k in keys])
+        options += [[("label", k, v)] for k, v in labels]
+        empty = SortedList()
+        shortest = min(
+            ([self._lists.get(term, empty) for term in terms] for terms in options),
+            key=lambda lists: sum(map(len, lists)),
+        )
+        return _merged(shortest)
+
+
+def _terms(view: WorkerView) -> set[_Term]:
+    terms: set[_Term] = {_ALL, ("pool", view.pool)}
+    terms.update(("queue", q) for q in view.queues)
+    terms.update(("key", k) for k in view.task_keys)
+    terms.update(("label", k, v) for k, v in view.labels.items())
+    if not view.queues:
+        terms.add(_ANY_QUEUE)
+    return terms
+
+
+def _merged(lists: list[SortedList]) -> Iterator[SeenKey]:
+    """Several sorted lists as one, without repeats (equal keys meet side by side)."""
+    if len(lists) == 1:
+        yield from lists[0]
+        return
+    last = None
+    for key in heapq.merge(*lists):
+        if key != last:
+            yield key
+        last = key
+
+
+class FleetCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """What pool and queue readiness needs from the fleet at one instant, counted.
+
+    ``named`` holds the (pool, queue or None) pairs the workers in the live view name (any
+    status) and those unfinished tasks name. ``members`` counts ONLINE or OFFLINE workers per
+    pool; ``online_any_queue`` those ONLINE listing no queue; ``online_listing`` those ONLINE
+    per (pool, queue) they list.
+    """
+
+    named: frozenset[tuple[str | None, str | None]]
+    members: dict[str, int]
+    online: dict[str, int]
+    slots_online: dict[str, int]
+    online_any_queue: dict[str, int]
+    online_listing: dict[tuple[str, str], int]
+
+
+_Shape = tuple[float, int, tuple[str, ...]]  # heartbeat interval, slots, distinct queues
+
+
+class LiveTally:
+    """Per pool, workers that may still work (neither stopped nor lost), by shape.
+
+    Within one heartbeat interval the ONLINE ones are exactly those seen since ``now - grace``,
+    so counting them is a bisection per (pool, shape); a pool has few shapes in practice.
+    """
+
+    def __init__(self) -> None:
+        self._members: Counter[str] = Counter()
+        self._seen: dict[str, dict[_Shape, SortedList]] = {}
+
+    def add(self, view: WorkerView) -> None:
+        if view.pool is None or view.stopped or view.lost:
+            return
+        self._members[view.pool] += 1
+        if view.last_seen is not None:
+            shapes = self._seen.setdefault(view.pool, {})
+            shapes.setdefault(_shape(view), SortedList()).add((view.last_seen, view.worker))
+
+    def discard(self, view: WorkerView) -> None:
+        if view.pool is None or view.stopped or view.lost:
+            return
+        _decrement(self._members, view.pool)
+        if view.last_seen is not None:
+            shapes = self._seen[view.pool]
+            seen = shapes[_shape(view)]
+            seen.discard((view.last_seen, view.worker))
+            if not seen:
+                del shapes[_shape(view)]
+                if not shapes:
+                    del self._seen[view.pool]
+
+    def count(
+        self,
+        *,
+        now: datetime,
+        multiplier: float,
+        pool: str | None,
+        named: frozenset[tuple[str | None, str | None]],
+    ) -> FleetCounts:
+        """The counts at ``now`` for every pool, or for ``pool`` alone."""
+        pools = list(self._members) if pool is None else [pool]
+        online: Counter[str] = Counter()
+        slots: Counter[str] = Counter()
+        any_queue: Counter[str] = Counter()
+        listing: Counter[tuple[str, str]] = Counter()
+        for name in pools:
+            for (beat, slot_count, queues), seen in self._seen.get(name, {}).items():
+                live = _online(seen, now, timedelta(seconds=beat * multiplier))
+                if not live:
+                    continue
+                online[name] += live
+                slots[name] += live * slot_count
+                if not queues:
+                    any_queue[name] += live
+                for queue in queues:
+                    listing[name, queue] += live
+        members = {p: self._members[p] for p in pools if self._members[p]}
+        return FleetCounts(
+            named=named,
+            members=members,
+            online=dict(online),
+            slots_online=dict(slots),
+            online_any_queue=dict(any_queue),
+            online_listing=dict(listing),
+        )
+
+
+def _shape(view: WorkerView) -> _Shape:
+    return (view.heartbeat_interval, view.slots, tuple(sorted(set(view.queues))))
+
+
+def _online(seen: SortedList, now: datetime, grace: timedelta) -> int:
+    """How many were seen at or after ``now - grace``: ``now - last_seen <= grace``, the rule."""
+    try:
+        since = now - grace
+    except OverflowError:  # past the calendar's ends: all of them, or none for a negative grace
+        return len(seen) if grace >= timedelta(0) else 0
+    first: int = seen.bisect_left((since, ""))
+    return len(seen) - first
+
+
+_Place = tuple[str | None, str | None]  # (pool, queue) a slot is held in
+
+
+class SlotTally:
+    """Tasks holding a slot, by the (pool, queue) they hold it in.
+
+    The store says where each task holds one (or None) whenever the task or its worker's pool
+    changes, so counts for every pool cost one pass over the places, not over the tasks.
+    """
+
+    def __init__(self) -> None:
+        self._place: dict[str, _Place] = {}
+        self._held: dict[_Place, set[str]] = {}
+
+    def place(self, task: str, where: _Place | None) -> None:
+        """Record that ``task`` holds a slot at ``where`` (None: holds none)."""
+        before = self._place.get(task)
+        if before == where:
+            return
+        if before is not None:
+            holders = self._held[before]
+            holders.discard(task)
+            if not holders:
+                del self._held[before]
+            del self._place[task]
+        if where is not None:
+            self._place[task] = where
+            self._held.setdefault(where, set()).add(task)
+
+    def tasks(self, *, pool: str | None, queue: str | None) -> Iterator[str]:
+        """Tasks holding a slot in ``pool`` and ``queue`` (None: any)."""
+        for (p, q), holders in self._held.items():
+            if (pool is None or p == pool) and (queue is None or q == queue):
+                yield from holders
+
+    def counts(self, *, pool: str | None) -> list[SlotCount]:
+        """Per pool (queue None) and per (pool, queue), each pool's total first."""
+        counts: Counter[_Place] = Counter()
+        for (p, q), holders in self._held.items():
+            if pool is None or p == pool:
+                counts[p, None] += len(holders)
+                if q is not None:
+                    counts[p, q] += len(holders)
+        ordered = sorted(counts.items(), key=lambda kv: _count_order(*kv[0]))
+        return [SlotCount(pool=p, queue=q, held=n) for (p, q), n in ordered]
+
+    def places(self) -> Mapping[_Place, set[str]]:
+        """Every place with its holders (read only)."""
+        return self._held
+
+
+def _count_order(pool: str | None, queue: str | None) -> tuple[str, bool, str]:
+    """Each pool's total first, then its queues."""
+    return (pool or "", queue is not None, queue or "")
+
+
+def _decrement(counter: Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]

@@ -1,0 +1,324 @@
+"""The in-memory store's indexes answer exactly what a scan of the fold would, for any history.
+
+Each test folds a random history into a :class:`MemoryStore` in random batches, then compares its
+indexed answers with a brute-force computation over a fresh :class:`Ledger`'s views: the worker
+filters and limits at any clock, slot holders and counts (a task without a pool counts in its
+worker's, which can move), readiness, and the lazily derived slot stretches and sessions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workledger.core import events as ev
+from workledger.projections.fold import Ledger
+from workledger.projections.liveness import liveness
+from workledger.projections.views import (
+    SlotCount,
+    SlotHolder,
+    TaskView,
+    WorkerStatus,
+    WorkerView,
+    WorkerWithStatus,
+)
+from workledger.readiness import readiness, store_readiness
+from workledger.stores.base import Batch, Sequenced
+from workledger.stores.memory import MemoryStore
+
+from .histories import BASE, KEYS, POOLS, QUEUES, histories
+
+_PROPERTY = settings(max_examples=150, deadline=None)
+
+nows = st.sampled_from([-100, 0, 20, 100, 300, 590, 700, 2000]).map(
+    lambda s: BASE + timedelta(seconds=s)
+) | st.just(datetime(1, 1, 1, tzinfo=UTC))
+multipliers = st.sampled_from([0.5, 1.0, 3.0])
+pools = st.sampled_from([None, *POOLS, "p.x", "nope"])
+queues = st.sampled_from([None, *QUEUES, "qx"])
+statuses = st.none() | st.sampled_from(WorkerStatus)
+limits = st.none() | st.integers(0, 4)
+label_sets = st.dictionaries(st.sampled_from(["zone", "gpu"]), st.sampled_from(["a", "b", "x"]))
+
+
+@st.composite
+def folded(draw: st.DrawFn) -> tuple[list[ev.Event], MemoryStore]:
+    """A history applied in random batches, with reads between some of them."""
+    history = draw(histories(max_size=80)) + draw(_bystanders())
+    cuts = sorted(draw(st.sets(st.integers(1, max(len(history), 1)), max_size=5)))
+    store, start = MemoryStore(), 0
+    for cut in [*cuts, len(history)]:
+        chunk = history[start:cut]
+        items = [Sequenced(start + i + 1, "s", e) for i, e in enumerate(chunk)]
+        store.apply(Batch(events=items, last_seq=max(cut, 1)))
+        if draw(st.booleans()):  # derive stretches and sessions now, so later ones go stale
+            store.read_model()
+        start = cut
+    return history, store
+
+
+@st.composite
+def _bystanders(draw: st.DrawFn) -> list[ev.Event]:
+    """Workers no filter of the tests asks for, so the indexes are shorter than the fleet."""
+    count = draw(st.integers(0, 8))
+    seen = draw(st.lists(st.integers(0, 600), min_size=count, max_size=count))
+    return [
+        ev.WorkerStarted(
+            id=f"b{i}",
+            at=BASE + timedelta(seconds=second),
+            worker=f"bystander {i}",
+            pool="p.x",
+            queues=("qx",),
+            task_keys=("kx",),
+            labels={"zone": "x"},
+        )
+        for i, second in enumerate(seen)
+    ]
+
+
+def _edges(history: Sequence[ev.Event], multiplier: float) -> list[datetime]:
+    """Clocks one microsecond either side of, and exactly at, each worker's grace running out."""
+    brute = Brute(history)
+    tick = timedelta(microseconds=1)
+    return [
+        view.last_seen + timedelta(seconds=view.heartbeat_interval * multiplier) + d * tick
+        for view in brute.workers.values()
+        if view.last_seen is not None
+        for d in (-1, 0, 1)
+    ]
+
+
+class Brute:
+    """Every answer recomputed from the fold's views by scanning them all."""
+
+    def __init__(self, history: Sequence[ev.Event]) -> None:
+        self.ledger = ledger = Ledger()
+        for event in history:
+            ledger.apply(event)
+        self.tasks = {t: v for t in ledger.task_ids() if (v := ledger.task(t)) is not None}
+        self.workers = {w: v for w in ledger.worker_ids() if (v := ledger.worker(w)) is not None}
+
+    def pool_of(self, view: TaskView) -> str | None:
+        if view.pool is not None or view.worker is None:
+            return view.pool
+        worker = self.workers.get(view.worker)
+        return worker.pool if worker else None
+
+    def workers_(
+        self,
+        *,
+        now: datetime,
+        multiplier: float = 3.0,
+        pool: str | None = None,
+        queue: str | None = None,
+        task_keys: Sequence[str] = (),
+        labels: dict[str, str] | None = None,
+        status: WorkerStatus | None = None,
+        limit: int | None = None,
+    ) -> list[WorkerWithStatus]:
+        found = []
+        for view in self.workers.values():
+            if pool is not None and view.pool != pool:
+                continue
+            if queue is not None and view.queues and queue not in view.queues:
+                continue
+            if task_keys and not set(task_keys) & set(view.task_keys):
+                continue
+            if any(view.labels.get(k) != v for k, v in (labels or {}).items()):
+                continue
+            state = liveness(view, now, multiplier)
+            if status is None or state == status:
+                found.append(self.with_status(view, state))
+        found.sort(key=lambda w: (-_timestamp(w.worker.last_seen), w.worker.worker))
+        return found if limit is None else found[:limit]
+
+    def with_status(self, view: WorkerView, state: WorkerStatus) -> WorkerWithStatus:
+        held = tuple(sorted(t for t, v in self.tasks.items() if self._holds(v, view.worker)))
+        free = max(view.slots - len(held), 0)
+        return WorkerWithStatus(worker=view, status=state, tasks=held, free_slots=free)
+
+    @staticmethod
+    def _holds(view: TaskView, worker: str) -> bool:
+        return view.status.holds_slot and view.worker == worker
+
+    def holders(self, *, pool: str | None, queue: str | None) -> list[SlotHolder]:
+        found = [
+            SlotHolder(
+                task=v.task,
+                status=v.status,
+                pool=self.pool_of(v),
+                queue=v.queue,
+                worker=v.worker,
+                since=v.slot_acquired_at,
+            )
+            for v in self.tasks.values()
+            if v.status.holds_slot
+        ]
+        chosen = [
+            h
+            for h in found
+            if (pool is None or h.pool == pool) and (queue is None or h.queue == queue)
+        ]
+        return sorted(chosen, key=lambda h: (h.pool or "", h.queue or "", _ts(h.since), h.task))
+
+    def counts(self, *, pool: str | None) -> list[SlotCount]:
+        counts: Counter[tuple[str | None, str | None]] = Counter()
+        for holder in self.holders(pool=pool, queue=None):
+            counts[holder.pool, None] += 1
+            if holder.queue is not None:
+                counts[holder.pool, holder.queue] += 1
+        ordered = sorted(
+            counts.items(), key=lambda kv: (kv[0][0] or "", kv[0][1] is not None, kv[0][1] or "")
+        )
+        return [SlotCount(pool=p, queue=q, held=n) for (p, q), n in ordered]
+
+    def readiness(self, *, now: datetime, multiplier: float, pool: str | None) -> object:
+        ledger = self.ledger
+        named = [
+            (v.pool, v.queue)
+            for v in self.tasks.values()
+            if not v.status.terminal and v.pool is not None and (pool is None or v.pool == pool)
+        ]
+        settings = [p for p in map(ledger.pool, sorted(ledger.pool_ids())) if p is not None]
+        queue_keys = sorted(k for k in ledger.queue_ids() if pool is None or k[0] == pool)
+        return readiness(
+            pools=[p for p in settings if pool is None or p.pool == pool],
+            queues=[q for q in (ledger.queue(*k) for k in queue_keys) if q is not None],
+            workers=self.workers_(now=now, multiplier=multiplier, pool=pool),
+            counts=self.counts(pool=pool),
+            named=named,
+        )
+
+
+def _timestamp(moment: datetime | None) -> float:
+    return moment.timestamp() if moment is not None else float("-inf")
+
+
+def _ts(moment: datetime | None) -> float:
+    return _timestamp(moment)
+
+
+_QUERIES = st.fixed_dictionaries(
+    {
+        "now": nows,
+        "multiplier": multipliers,
+        "pool": pools,
+        "queue": queues,
+        "task_keys": st.lists(st.sampled_from([*KEYS, "kx"]), max_size=3, unique=True),
+        "labels": label_sets,
+        "status": statuses,
+        "limit": limits,
+    }
+)
+
+
+@_PROPERTY
+@given(case=folded(), query=_QUERIES, data=st.data())
+def test_workers_walked_newest_seen_first_equal_a_scan_for_any_filters_clock_and_limit(
+    case: tuple[list[ev.Event], MemoryStore], query: dict[str, Any], data: st.DataObject
+) -> None:
+    """Stopping after ``limit`` matches in newest-seen order gives the sorted scan's prefix."""
+    history, store = case
+    edges = _edges(history, query["multiplier"])
+    if edges and data.draw(st.booleans()):
+        query["now"] = data.draw(st.sampled_from(edges))
+    assert store.workers(**query) == Brute(history).workers_(**query)
+
+
+@_PROPERTY
+@given(case=folded())
+def test_slot_holders_and_counts_kept_per_place_equal_a_scan_of_every_task(
+    case: tuple[list[ev.Event], MemoryStore],
+) -> None:
+    """A task claimed before submission counts in its worker's pool, wherever that moved."""
+    history, store = case
+    brute = Brute(history)
+    for pool in (None, *POOLS, "nope"):
+        assert store.slot_counts(pool=pool) == brute.counts(pool=pool)
+        for queue in (None, *QUEUES):
+            assert store.slot_holders(pool=pool, queue=queue) == brute.holders(
+                pool=pool, queue=queue
+            )
+
+
+@_PROPERTY
+@given(case=folded(), now=nows, multiplier=multipliers, pool=pools, data=st.data())
+def test_readiness_from_the_stores_counts_equals_readiness_from_every_worker(
+    case: tuple[list[ev.Event], MemoryStore],
+    now: datetime,
+    multiplier: float,
+    pool: str | None,
+    data: st.DataObject,
+) -> None:
+    """Counting ONLINE workers by bisection per pool and shape is the liveness rule, exactly."""
+    history, store = case
+    edges = _edges(history, multiplier)
+    if edges and data.draw(st.booleans()):
+        now = data.draw(st.sampled_from(edges))
+    found = store_readiness(store, now=now, multiplier=multiplier, pool=pool)
+    assert found == Brute(history).readiness(now=now, multiplier=multiplier, pool=pool)
+
+
+@_PROPERTY
+@given(case=folded())
+def test_stretches_and_sessions_derived_late_equal_those_of_one_fold(
+    case: tuple[list[ev.Event], MemoryStore],
+) -> None:
+    """Deferring them to the first read loses no change, whatever was read in between."""
+    history, store = case
+    brute = Brute(history)
+    intervals = [i for t in sorted(brute.ledger.task_ids()) for i in brute.ledger.intervals(t)]
+    sessions = [s for w in sorted(brute.ledger.worker_ids()) for s in brute.ledger.sessions(w)]
+    model = store.read_model()
+    assert (model.intervals, model.sessions) == (intervals, sessions)
+    assert sorted(store.slot_intervals(), key=_interval_order) == intervals
+    assert sorted(store.worker_sessions(), key=lambda s: s.worker) == sessions
+    whole = MemoryStore()
+    items = [Sequenced(i + 1, "s", e) for i, e in enumerate(history)]
+    whole.apply(Batch(events=items, last_seq=max(len(items), 1)))
+    assert model == whole.read_model()
+
+
+def _interval_order(interval: object) -> tuple[str, int]:
+    return (interval.task, interval.attempt)  # type: ignore[attr-defined]
+
+
+def test_a_worker_moving_pools_moves_the_slots_its_poolless_tasks_hold() -> None:
+    """Given a task claimed before any submission, its slot follows its worker's pool."""
+    at = {"at": BASE}
+    events: list[ev.Event] = [
+        ev.WorkerStarted(id="a", worker="w", pool="p1", **at),
+        ev.TaskClaimed(id="b", task="t", worker="w", at=BASE + timedelta(seconds=1)),
+    ]
+    store = MemoryStore()
+    store.apply(Batch(events=[Sequenced(i + 1, "s", e) for i, e in enumerate(events)], last_seq=2))
+    assert store.slot_counts() == [SlotCount(pool="p1", queue=None, held=1)]
+    moved = ev.WorkerStarted(id="c", worker="w", pool="p2", at=BASE + timedelta(seconds=2))
+    store.apply(Batch(events=[Sequenced(3, "s", moved)], last_seq=3))
+    assert store.slot_counts() == [SlotCount(pool="p2", queue=None, held=1)]
+    forgotten = ev.WorkerForgotten(id="d", worker="w", pool="p2", at=BASE + timedelta(seconds=3))
+    store.apply(Batch(events=[Sequenced(4, "s", forgotten)], last_seq=4))
+    assert store.slot_counts() == [SlotCount(pool=None, queue=None, held=1)]
+
+
+def test_a_worker_with_several_of_the_asked_task_keys_is_listed_once() -> None:
+    """Given the per-key lists are merged, a worker found in two of them comes once."""
+    events = [
+        ev.WorkerStarted(
+            id=f"s{i}",
+            at=BASE + timedelta(seconds=i),
+            worker=f"w{i}",
+            pool="p1",
+            task_keys=("k1", "k2") if i in {0, 5} else ("kx",),
+        )
+        for i in range(8)
+    ]
+    store = MemoryStore()
+    store.apply(Batch(events=[Sequenced(i + 1, "s", e) for i, e in enumerate(events)], last_seq=8))
+    found = store.workers(now=BASE, task_keys=["k1", "k2"])
+    assert [w.worker.worker for w in found] == ["w5", "w0"]
