@@ -1,8 +1,10 @@
 """Are pools and queues able to make progress right now? READY, NOT_READY or PAUSED.
 
 Readiness depends on the clock (a worker is ONLINE only while its heartbeats keep coming), so it
-is never stored: :class:`~workledger.queries.Queries` computes it per request from the stores'
-answers with :func:`readiness`, a pure function that tests can feed directly.
+is never stored: :func:`store_readiness` computes it per request from a store's answers with
+:func:`readiness`, a pure function that tests can feed directly. The in-memory store counts its
+fleet from indexes (:meth:`~workledger.stores.memory.MemoryStore.fleet_counts`), so a request
+costs about one bisection per pool and worker shape instead of a pass over every worker.
 
 The rules, as the API documents them:
 
@@ -19,21 +21,29 @@ task that is not finished yet. A queue a worker lists counts too.
 from __future__ import annotations
 
 import enum
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 import msgspec
 
+from workledger.projections.liveness import DEFAULT_MULTIPLIER
 from workledger.projections.views import (
     PoolView,
     QueueView,
     SlotCount,
+    TaskStatus,
     WorkerStatus,
     WorkerWithStatus,
 )
+from workledger.stores.base import Store
+from workledger.stores.memory import FleetCounts, MemoryStore
 
-__all__ = ["PoolStatus", "QueueStatus", "Readiness", "readiness"]
+__all__ = ["PoolStatus", "QueueStatus", "Readiness", "fleet_counts", "readiness", "store_readiness"]
+
+_ALL = sys.maxsize  # a limit that keeps everything
+_UNFINISHED = [s for s in TaskStatus if not s.terminal]
 
 _MEMBERS = frozenset({WorkerStatus.ONLINE, WorkerStatus.OFFLINE})
 
@@ -76,6 +86,29 @@ class QueueStatus(msgspec.Struct, frozen=True, kw_only=True):
     slots_held: int = 0
 
 
+def store_readiness(
+    store: Store, *, now: datetime, multiplier: float = DEFAULT_MULTIPLIER, pool: str | None = None
+) -> tuple[list[PoolStatus], list[QueueStatus]]:
+    """Every pool and queue ``store`` names (in ``pool``), with its status at ``now``.
+
+    Unfinished tasks name pools and queues too. The in-memory store answers from its indexes;
+    any other store lists its workers and unfinished tasks, which :func:`readiness` counts.
+    """
+    pools = [p for p in store.pools() if pool is None or p.pool == pool]
+    queues, counts = store.queues(pool=pool), store.slot_counts(pool=pool)
+    if isinstance(store, MemoryStore):
+        fleet = store.fleet_counts(now=now, multiplier=multiplier, pool=pool)
+        return _rows(pools=pools, queues=queues, fleet=fleet, counts=counts)
+    unfinished = [t for s in _UNFINISHED for t in store.tasks(status=s, pool=pool, limit=_ALL)]
+    return readiness(
+        pools=pools,
+        queues=queues,
+        workers=store.workers(now=now, pool=pool, multiplier=multiplier),
+        counts=counts,
+        named=[(t.pool, t.queue) for t in unfinished if t.pool is not None],
+    )
+
+
 def readiness(
     *,
     pools: Sequence[PoolView],
@@ -88,19 +121,58 @@ def readiness(
 
     ``named`` adds (pool, queue or None) pairs seen elsewhere, e.g. on unfinished tasks.
     """
-    settings = {p.pool: p for p in pools}
-    queue_settings = {(q.pool, q.queue): q for q in queues}
+    fleet = fleet_counts(workers, named=named)
+    return _rows(pools=pools, queues=queues, fleet=fleet, counts=counts)
+
+
+def fleet_counts(
+    workers: Sequence[WorkerWithStatus], *, named: Iterable[tuple[str, str | None]] = ()
+) -> FleetCounts:
+    """What readiness needs from a list of workers with their status, counted."""
     pairs: set[tuple[str | None, str | None]] = set(named)
     pairs |= {(w.worker.pool, q) for w in workers for q in w.worker.queues}
-    pairs |= {(c.pool, c.queue) for c in counts}
-    pairs |= {(w.worker.pool, None) for w in workers} | set(queue_settings)
+    pairs |= {(w.worker.pool, None) for w in workers}
+    members: Counter[str] = Counter()
+    online: Counter[str] = Counter()
+    slots: Counter[str] = Counter()
+    any_queue: Counter[str] = Counter()
+    listing: Counter[tuple[str, str]] = Counter()
+    for w in workers:
+        pool = w.worker.pool
+        if pool is None or w.status not in _MEMBERS:
+            continue
+        members[pool] += 1
+        if w.status is WorkerStatus.ONLINE:
+            online[pool] += 1
+            slots[pool] += w.worker.slots
+            any_queue[pool] += not w.worker.queues
+            listing.update((pool, q) for q in set(w.worker.queues))
+    return FleetCounts(
+        named=frozenset(pairs),
+        members=dict(members),
+        online=dict(online),
+        slots_online=dict(slots),
+        online_any_queue=dict(any_queue),
+        online_listing=dict(listing),
+    )
+
+
+def _rows(
+    *,
+    pools: Sequence[PoolView],
+    queues: Sequence[QueueView],
+    fleet: FleetCounts,
+    counts: Sequence[SlotCount],
+) -> tuple[list[PoolStatus], list[QueueStatus]]:
+    settings = {p.pool: p for p in pools}
+    queue_settings = {(q.pool, q.queue): q for q in queues}
+    pairs = fleet.named | {(c.pool, c.queue) for c in counts} | set(queue_settings)
     pool_names = set(settings) | {p for p, _ in pairs if p is not None}
     queue_keys = {(p, q) for p, q in pairs if p is not None and q is not None}
     held = {(c.pool, c.queue): c.held for c in counts}
-    members = _members(workers)
-    pool_rows = [_pool(p, settings.get(p), members.get(p, []), held) for p in pool_names]
+    pool_rows = [_pool(p, settings.get(p), fleet, held) for p in pool_names]
     queue_rows = [
-        _queue(key, queue_settings.get(key), settings.get(key[0]), members.get(key[0], []), held)
+        _queue(key, queue_settings.get(key), settings.get(key[0]), fleet, held)
         for key in queue_keys
     ]
     pool_rows.sort(key=lambda p: p.pool)
@@ -108,33 +180,24 @@ def readiness(
     return pool_rows, queue_rows
 
 
-def _members(workers: Sequence[WorkerWithStatus]) -> dict[str, list[WorkerWithStatus]]:
-    """Each pool's workers that may still work: ONLINE, or OFFLINE (late, not declared gone)."""
-    found: dict[str, list[WorkerWithStatus]] = {}
-    for w in workers:
-        if w.worker.pool is not None and w.status in _MEMBERS:
-            found.setdefault(w.worker.pool, []).append(w)
-    return found
-
-
 def _pool(
     name: str,
     view: PoolView | None,
-    members: Sequence[WorkerWithStatus],
+    fleet: FleetCounts,
     held: dict[tuple[str | None, str | None], int],
 ) -> PoolStatus:
     view = view or PoolView(pool=name)
-    online = [w for w in members if w.status is WorkerStatus.ONLINE]
+    online = fleet.online.get(name, 0)
     return PoolStatus(
         pool=name,
-        status=_status(paused=view.paused, online=len(online)),
+        status=_status(paused=view.paused, online=online),
         concurrency_limit=view.concurrency_limit,
         paused=view.paused,
         created_at=view.created_at,
         updated_at=view.updated_at,
-        workers=len(members),
-        workers_online=len(online),
-        slots_online=sum(w.worker.slots for w in online),
+        workers=fleet.members.get(name, 0),
+        workers_online=online,
+        slots_online=fleet.slots_online.get(name, 0),
         slots_held=held.get((name, None), 0),
     )
 
@@ -143,24 +206,22 @@ def _queue(
     key: tuple[str, str],
     view: QueueView | None,
     pool: PoolView | None,
-    members: Sequence[WorkerWithStatus],
+    fleet: FleetCounts,
     held: dict[tuple[str | None, str | None], int],
 ) -> QueueStatus:
     view = view or QueueView(pool=key[0], queue=key[1])
-    serving = Counter(
-        w.status for w in members if not w.worker.queues or view.queue in w.worker.queues
-    )
+    serving = fleet.online_any_queue.get(key[0], 0) + fleet.online_listing.get(key, 0)
     paused = view.paused or (pool is not None and pool.paused)
     return QueueStatus(
         pool=view.pool,
         queue=view.queue,
-        status=_status(paused=paused, online=serving[WorkerStatus.ONLINE]),
+        status=_status(paused=paused, online=serving),
         priority=view.priority,
         concurrency_limit=view.concurrency_limit,
         paused=view.paused,
         created_at=view.created_at,
         updated_at=view.updated_at,
-        workers_online=serving[WorkerStatus.ONLINE],
+        workers_online=serving,
         slots_held=held.get(key, 0),
     )
 
