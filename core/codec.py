@@ -100,7 +100,7 @@ class Invalid(NamedTuple):
 class Message(NamedTuple):
     """What one NATS message carried, in order; ``envelope`` says whether it was one."""
 
-    events: list[Event | Invalid]
+    events: Sequence[Event | Invalid]
     envelope: bool
 
 
@@ -178,8 +178,10 @@ def unpack(
     if not size:
         raise InvalidEventError("empty message")
     is_json = _is_json(data)
-    if size > max_event_bytes and not (size <= max_envelope_bytes and _is_envelope(data, is_json)):
-        raise InvalidEventError(_too_big(size, max_event_bytes, max_envelope_bytes))
+    if size > max_event_bytes:  # only an envelope may be; its events' sizes need checking
+        if size > max_envelope_bytes or not _is_envelope(data, is_json):
+            raise InvalidEventError(_too_big(size, max_event_bytes, max_envelope_bytes))
+        return Message(_careful(data, is_json, max_event_bytes), envelope=True)
     try:
         message = (_json_message if is_json else _msgpack_message).decode(data)
     except _UNDECODABLE as exc:
@@ -188,9 +190,9 @@ def unpack(
         return Message(_careful(data, is_json, max_event_bytes), envelope=True)
     if not isinstance(message, _Envelope):
         return Message([_current(message)], envelope=False)
-    if size > max_event_bytes or any(event.v > SCHEMA_VERSION for event in message.events):
+    if any(event.v > SCHEMA_VERSION for event in message.events):
         return Message(_careful(data, is_json, max_event_bytes), envelope=True)
-    return Message(list(message.events), envelope=True)
+    return Message(message.events, envelope=True)
 
 
 def stamp(event: Event, *, default_id: str | None = None, now: datetime | None = None) -> Event:

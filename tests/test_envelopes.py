@@ -46,6 +46,7 @@ from workledger.stores.memory import MemoryStore
 
 from .conftest import run_in_thread
 from .histories import fleet_history, histories
+from .test_fuzz import _damage, _tweak, _valid
 
 STREAM = "ENV"
 PREFIX = "wl"
@@ -559,3 +560,44 @@ def test_tail_prints_each_event_once_when_a_sequence_is_sent_again(
     printed = [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines()]
     assert printed == ["a", "b", "c", "d"]
     assert follower.after == 6
+
+
+# --- hostile envelopes ---------------------------------------------------------------------------
+
+
+def _hostile_envelope(r: random.Random) -> tuple[str, bytes, int]:
+    """An envelope of valid, tweaked and garbage events, sometimes damaged whole; with its
+    subject and how many events it claims."""
+    bodies = [
+        r.choice([_valid, _tweak, lambda _: r.choice([1, "x", [], None])])(r)
+        for _ in range(r.randint(1, 40))
+    ]
+    as_msgpack = r.random() < 0.4
+    encode = msgspec.msgpack.encode if as_msgpack else msgspec.json.encode
+    try:
+        data = encode({"type": "envelope", "events": bodies})
+    except (TypeError, ValueError, OverflowError):  # e.g. an int too big for msgpack
+        data = msgspec.json.encode({"type": "envelope", "events": bodies})
+    if r.random() < 0.2:
+        data = _damage(r, data)
+    first = next((b for b in bodies if isinstance(b, dict) and isinstance(b.get("pool"), str)), {})
+    pool = first.get("pool") if r.random() < 0.9 else "elsewhere"
+    subject = envelope_subject(PREFIX, pool) if r.random() < 0.95 else f"{PREFIX}.p.task.t.x"
+    return subject, data, len(bodies)
+
+
+@settings(max_examples=50)
+@given(r=st.randoms(use_true_random=False))
+def test_hostile_envelopes_are_applied_or_set_aside_event_by_event_never_raised(
+    r: random.Random,
+) -> None:
+    """Each envelope is set aside whole (one record) or accounts for every event it holds:
+    applied or quarantined alone at its sequence; and the store takes the batch."""
+    made = [_hostile_envelope(r) for _ in range(50)]
+    batch = to_batch([_msg(i + 1, s, d) for i, (s, d, _) in enumerate(made)], STREAM)
+    applied = Counter(s.seq for s in batch.events)
+    held = Counter(q.seq for q in batch.quarantined)
+    for seq, (_, _, count) in enumerate(made, start=1):
+        whole = held[seq] == 1 and applied[seq] == 0
+        assert whole or applied[seq] + held[seq] == count
+    MemoryStore().apply(batch)
