@@ -195,6 +195,8 @@ async def _project(config: ServiceConfig) -> None:
 )
 @click.option("--demo/--no-demo", default=False, help="Also run the demo workload.")
 @click.option("--demo-workers", default=20, show_default=True, help="Workers in the demo.")
+@click.option("--demo-pools", default=3, show_default=True, help="Pools in the demo.")
+@click.option("--demo-seed", type=int, help="The same seed tells the same story.")
 def up(
     *,
     servers: tuple[str, ...],
@@ -203,6 +205,8 @@ def up(
     nats_port: int,
     demo: bool,
     demo_workers: int,
+    demo_pools: int,
+    demo_seed: int | None,
     **opts: Any,
 ) -> None:
     """Everything on one machine: embedded NATS (unless --nats), the daemon, optionally a demo."""
@@ -213,13 +217,19 @@ def up(
         servers = (embedded.url,)
     config = _service_config(_log_config(servers, stream, subject_prefix), **opts)
     try:
-        _run(_up, config, demo_workers if demo else 0, embedded)
+        _run(_up, config, demo_workers if demo else 0, embedded, demo_pools, demo_seed)
     finally:
         if embedded is not None:
             embedded.stop()
 
 
-async def _up(config: ServiceConfig, demo_workers: int, embedded: EmbeddedNats | None) -> None:
+async def _up(
+    config: ServiceConfig,
+    demo_workers: int,
+    embedded: EmbeddedNats | None,
+    demo_pools: int = 3,
+    demo_seed: int | None = None,
+) -> None:
     async with plain_errors(), anyio.create_task_group() as tg:
 
         async def service(*, task_status: anyio.abc.TaskStatus[str]) -> None:
@@ -232,7 +242,11 @@ async def _up(config: ServiceConfig, demo_workers: int, embedded: EmbeddedNats |
 
             await tg.start(
                 lambda task_status: run_demo(
-                    config.projector.log, workers=demo_workers, task_status=task_status
+                    config.projector.log,
+                    workers=demo_workers,
+                    pools=demo_pools,
+                    seed=demo_seed,
+                    task_status=task_status,
                 )
             )
         _print_welcome(config, url, embedded, demo_workers)
