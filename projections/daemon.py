@@ -198,6 +198,9 @@ class Projector:
         self._received = 0  # the highest stream sequence delivered so far
         self._stream_last = 0  # the stream's last sequence when last looked at
         self._missed_upto = 0  # gaps up to here are already counted (allow_gap)
+        self._dispatched = 0  # the highest stream sequence handed to the stores
+        self._lanes: list[_Lane] = []  # one per blocking store, while running
+        self._unsettled: deque[_Dispatched] = deque()  # handed on, not yet in every store
         self.listeners: list[Listener] = []
 
     @property
@@ -233,10 +236,13 @@ class Projector:
         try:
             js = nc.jetstream()
             await ensure_stream(js, self.config.log)
-            self._received = self.checkpoint
+            self._received = self._dispatched = self.checkpoint
             await self._check_stream(js)
             self.metrics.connected = True
+            self._lanes = [_Lane(s) for s in self.stores if getattr(s, "blocking", False)]
             async with _groups.plain_errors(), anyio.create_task_group() as tg:
+                for lane in self._lanes:
+                    tg.start_soon(lane.run, self._settle)
                 tg.start_soon(self._fold)
                 await self._subscribe(js)
                 tg.start_soon(self._watch, js)
@@ -248,8 +254,11 @@ class Projector:
 
     async def _check_stream(self, js: Any) -> None:
         """Is the stream still there, and does it still hold what the stores lack?"""
+        # The checkpoint from before the request: the fold goes on while we wait, and a
+        # checkpoint past the stream state we got would look like a recreated stream.
+        checkpoint = self.checkpoint
         state = await _position.stream_state(js, self.config.log)
-        _position.check_not_behind(state, self.checkpoint, self.config.log.stream)
+        _position.check_not_behind(state, checkpoint, self.config.log.stream)
         self._stream_last = int(state.last_seq)
         if not self.config.filter_subjects:  # filtered, sequences skip by design
             self._gap(_position.expired(state, self._received))
@@ -315,7 +324,9 @@ class Projector:
                 drained.set()
 
     async def _apply(self, messages: list[Any]) -> None:
-        done = self.checkpoint
+        """Decode the batch, fold it into the in-memory stores, and hand it to each blocking
+        store's lane: DuckDB writes batch N in its thread while the loop folds N + 1."""
+        done = self._dispatched
         fresh = [m for m in messages if m.metadata.sequence.stream > done]
         if not fresh:
             return  # a redelivery after a consumer reset: already applied
@@ -329,13 +340,28 @@ class Projector:
             max_bytes=self.config.max_event_bytes,
             verifier=self._verifier,
         )
+        self._dispatched = batch.last_seq
         began = time.perf_counter()
         for store in self.stores:
-            await _apply_to(store, batch)  # each store skips what it already has
-        self._account(batch, fresh[-1], time.perf_counter() - began)
-        progress, self._progress = self._progress, anyio.Event()
-        progress.set()
-        self._notify(batch)
+            if not getattr(store, "blocking", False):
+                store.apply(batch)  # each store skips what it already has
+        self._unsettled.append(_Dispatched(batch, fresh[-1], began))
+        for lane in self._lanes:
+            await lane.send(batch)
+        self._settle()
+
+    def _settle(self) -> None:
+        """Account for, announce and wake waiters on every batch all stores now hold, in order."""
+        pending = self._unsettled
+        settled = False
+        while pending and all(lane.applied >= pending[0].batch.last_seq for lane in self._lanes):
+            done = pending.popleft()
+            self._account(done.batch, done.last, time.perf_counter() - done.began)
+            self._notify(done.batch)
+            settled = True
+        if settled:
+            progress, self._progress = self._progress, anyio.Event()
+            progress.set()
 
     def _notify(self, batch: Batch) -> None:
         for listener in self.listeners:
@@ -360,9 +386,29 @@ class Projector:
             _log.warning("set aside %d more messages in this batch (`workledger quarantine`)", more)
 
 
-async def _apply_to(store: Store, batch: Batch) -> None:
-    """In-memory stores apply on the loop; stores that do I/O say so and run in a thread."""
-    if getattr(store, "blocking", False):
-        await anyio.to_thread.run_sync(store.apply, batch)
-    else:
-        store.apply(batch)
+class _Dispatched(msgspec.Struct):
+    """A batch handed to the stores, and what its accounting needs once all hold it."""
+
+    batch: Batch
+    last: Any  # its last message (for the consumer's pending count)
+    began: float
+
+
+class _Lane:
+    """A store that does I/O (``blocking = True``) applies batches in its own thread, in order,
+    one waiting at most: a slow disk slows the daemon down instead of piling batches up."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.applied = store.stats().checkpoint  # the last sequence this lane applied
+        self._send, self._receive = anyio.create_memory_object_stream[Batch](1)
+
+    async def send(self, batch: Batch) -> None:
+        await self._send.send(batch)
+
+    async def run(self, settled: Callable[[], None]) -> None:
+        with self._send, self._receive:
+            async for batch in self._receive:
+                await anyio.to_thread.run_sync(self.store.apply, batch)
+                self.applied = max(self.applied, batch.last_seq)
+                settled()
