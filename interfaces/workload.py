@@ -109,6 +109,7 @@ class Workload(msgspec.Struct, frozen=True, kw_only=True):
         _check(min(*churn, self.pause_rate, self.reprioritise_rate) >= 0, "rates must be >= 0")
         _check(self.pause_seconds > 0, "pause_seconds must be > 0")
         _check(len(self.tag) <= 32 and self.tag.isascii(), "tag: at most 32 ASCII characters")
+        _check(self.start.utcoffset() is not None, "start must be timezone-aware")
         _check(ev.EARLIEST <= self.start < ev.LATEST - timedelta(days=3650), "start is too late")
 
 

@@ -11,7 +11,7 @@ import itertools
 import math
 import statistics
 from collections import Counter, defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import msgspec
 import pytest
@@ -200,6 +200,7 @@ def test_a_hundred_thousand_workers_start_and_work() -> None:
         {"tail_alpha": 1.0},
         {"seed": -1},
         {"tag": "x" * 33},
+        {"start": datetime(2026, 1, 1)},  # naive
     ],
 )
 def test_an_impossible_workload_is_refused(bad: dict[str, object]) -> None:
