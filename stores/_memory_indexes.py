@@ -17,9 +17,10 @@ from datetime import datetime, timedelta
 import msgspec
 from sortedcontainers import SortedList
 
+from workledger.projections.utilization import micros
 from workledger.projections.views import SlotCount, WorkerView
 
-__all__ = ["FleetCounts", "LiveTally", "SeenIndex", "SlotTally", "seen_key"]
+__all__ = ["FleetCounts", "LiveTally", "SeenIndex", "SlotTally", "TimeIndex", "seen_key"]
 
 SeenKey = tuple[float, str]  # (-last seen timestamp, worker): the order ``workers`` answers in
 _Term = tuple[Hashable, ...]
@@ -269,3 +270,61 @@ def _decrement(counter: Counter[str], key: str) -> None:
     counter[key] -= 1
     if counter[key] <= 0:
         del counter[key]
+
+
+_HOUR = 3_600_000_000  # microseconds
+_LONGEST = 24 * 62  # a span over more hours than this is looked at by every query instead
+
+
+class TimeIndex:
+    """Which entities (tasks, workers) have a stretch of time touching each hour.
+
+    Utilization over a window needs only the stretches that overlap it (or end in it), so a
+    query over a day reads the entities of about 25 hours plus those still open, whose end is
+    decided at query time, and those too long to spread over hours.
+    """
+
+    def __init__(self) -> None:
+        self._hours: dict[int, set[str]] = {}
+        self._at: dict[str, range] = {}
+        self._always: set[str] = set()  # open or very long: a candidate for every window
+
+    def put(self, key: str, spans: Iterable[tuple[datetime, datetime | None]]) -> None:
+        """Replace what ``key`` covers: ``(start, end)`` spans, ``end`` None while open."""
+        self._drop(key)
+        lows, highs, always = [], [], False
+        for start, end in spans:
+            lows.append(micros(start) // _HOUR)
+            if end is None:
+                always = True
+            else:
+                highs.append(micros(max(start, end)) // _HOUR)
+        if not lows:
+            return
+        hours = range(min(lows), max(highs, default=min(lows)) + 1)
+        if always or len(hours) > _LONGEST:
+            self._always.add(key)
+            return
+        self._at[key] = hours
+        for hour in hours:
+            self._hours.setdefault(hour, set()).add(key)
+
+    def _drop(self, key: str) -> None:
+        self._always.discard(key)
+        for hour in self._at.pop(key, ()):
+            found = self._hours[hour]
+            found.discard(key)
+            if not found:
+                del self._hours[hour]
+
+    def touching(self, since: datetime, until: datetime) -> set[str]:
+        """Every key with a span touching ``[since, until]`` (a superset of those that count)."""
+        first, last = micros(since) // _HOUR, micros(until) // _HOUR
+        found = set(self._always)
+        if last - first + 1 <= len(self._hours):
+            hours: Iterable[int] = range(first, last + 1)
+        else:
+            hours = [h for h in self._hours if first <= h <= last]
+        for hour in hours:
+            found |= self._hours.get(hour, set())
+        return found

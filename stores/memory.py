@@ -21,7 +21,7 @@ from workledger.core.errors import StoreError
 from workledger.core.events import EventType
 from workledger.projections.fold import Ledger
 from workledger.projections.liveness import DEFAULT_MULTIPLIER, liveness
-from workledger.projections.utilization import Grouping, UtilizationRow, utilization
+from workledger.projections.utilization import Grouping, UtilizationRow, Window, utilization
 from workledger.projections.views import (
     PoolView,
     Quarantined,
@@ -36,12 +36,19 @@ from workledger.projections.views import (
     WorkerView,
     WorkerWithStatus,
 )
-from workledger.stores._memory_indexes import FleetCounts, LiveTally, SeenIndex, SlotTally
+from workledger.stores._memory_indexes import (
+    FleetCounts,
+    LiveTally,
+    SeenIndex,
+    SlotTally,
+    TimeIndex,
+)
 from workledger.stores.base import Batch, ReadModel, StoreStats
 
 __all__ = ["FleetCounts", "MemoryStore", "write_snapshot"]
 
 _Pair = tuple[str | None, str | None]
+_WINDOWED = frozenset({"worker", "pool", "task_key", "stage"})  # see MemoryStore._touching
 
 _EPOCH = datetime.min
 
@@ -80,6 +87,8 @@ class MemoryStore:
         self._sessions: dict[str, list[WorkerSession]] = {}
         self._stale_tasks: set[str] = set()
         self._stale_workers: set[str] = set()
+        self._interval_times = TimeIndex()  # task -> the hours its stretches touch
+        self._session_times = TimeIndex()  # worker -> the hours its sessions touch
         self._quarantine: deque[Quarantined] = deque(maxlen=quarantine_limit)
         self._checkpoint = 0
         self._applied = 0
@@ -162,9 +171,11 @@ class MemoryStore:
         """Derive the slot stretches and sessions of what changed since they were last asked."""
         ledger = self._ledger
         for task_id in self._stale_tasks:
-            self._intervals[task_id] = ledger.intervals(task_id)
+            intervals = self._intervals[task_id] = ledger.intervals(task_id)
+            self._interval_times.put(task_id, [(i.acquired_at, i.released_at) for i in intervals])
         for worker_id in self._stale_workers:
-            self._sessions[worker_id] = ledger.sessions(worker_id)
+            sessions = self._sessions[worker_id] = ledger.sessions(worker_id)
+            self._session_times.put(worker_id, map(_session_span, sessions))
         self._stale_tasks.clear()
         self._stale_workers.clear()
 
@@ -322,10 +333,13 @@ class MemoryStore:
         bucket: timedelta | None = None,
         multiplier: float = DEFAULT_MULTIPLIER,
     ) -> list[UtilizationRow]:
-        """Runs the reference computation over every stretch and session: linear per query."""
+        """Runs the reference computation over the stretches and sessions that can touch the
+        window (by an hourly index), or over all of them for ``by="queue"``, whose groups
+        depend on every queue a pool ever had."""
+        intervals, sessions = self._touching(by, since=since, until=until, now=now, bucket=bucket)
         return utilization(
-            self.slot_intervals(),
-            self.worker_sessions(),
+            intervals,
+            sessions,
             by=by,
             since=since,
             until=until,
@@ -333,6 +347,33 @@ class MemoryStore:
             bucket=bucket,
             multiplier=multiplier,
         )
+
+    def _touching(
+        self,
+        by: Grouping,
+        *,
+        since: datetime,
+        until: datetime,
+        now: datetime,
+        bucket: timedelta | None,
+    ) -> tuple[Iterable[SlotInterval], Iterable[WorkerSession]]:
+        """Stretches and sessions a window's rows can depend on.
+
+        Those that neither overlap the window nor end in it add nothing, except to the
+        pool a pool-less stretch takes from its worker's sessions (so those workers keep all
+        of theirs) and to the queues a pool is known to have (``by="queue"`` reads all).
+        """
+        if by not in _WINDOWED:
+            return self.slot_intervals(), self.worker_sessions()
+        Window.of(since=since, until=until, now=now, bucket=bucket)  # the reference's errors
+        self._settle()
+        tasks = self._interval_times.touching(since, until)
+        intervals = [i for t in tasks for i in self._intervals[t]]
+        workers = self._session_times.touching(since, until)
+        if by == "pool":
+            workers |= {i.worker for i in intervals if i.pool is None and i.worker is not None}
+        sessions = [s for w in workers for s in self._sessions.get(w, ())]
+        return intervals, sessions
 
     def _pool_of(self, view: TaskView) -> str | None:
         """A task names its pool when submitted; before that, its worker's pool stands in."""
@@ -420,6 +461,14 @@ def _matches(
     if keys and keys.isdisjoint(view.task_keys):
         return False
     return not (wanted and any(view.labels.get(k) != v for k, v in wanted))
+
+
+def _session_span(session: WorkerSession) -> tuple[datetime, datetime | None]:
+    """Capacity from start to stop or next start; an open one ends at query time (None)."""
+    end = session.stopped_at or session.next_started_at
+    if end is None and session.last_seen is None:
+        end = session.started_at  # never seen: no capacity at all
+    return session.started_at, end
 
 
 def _pool(view: WorkerView | None) -> str | None:

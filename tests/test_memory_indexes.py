@@ -13,12 +13,14 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workledger.core import events as ev
 from workledger.projections.fold import Ledger
 from workledger.projections.liveness import liveness
+from workledger.projections.utilization import GROUPINGS, utilization
 from workledger.projections.views import (
     SlotCount,
     SlotHolder,
@@ -31,7 +33,7 @@ from workledger.readiness import readiness, store_readiness
 from workledger.stores.base import Batch, Sequenced
 from workledger.stores.memory import MemoryStore
 
-from .histories import BASE, KEYS, POOLS, QUEUES, histories
+from .histories import BASE, KEYS, POOLS, QUEUES, WORKERS, histories
 
 _PROPERTY = settings(max_examples=150, deadline=None)
 
@@ -47,9 +49,13 @@ label_sets = st.dictionaries(st.sampled_from(["zone", "gpu"]), st.sampled_from([
 
 
 @st.composite
-def folded(draw: st.DrawFn) -> tuple[list[ev.Event], MemoryStore]:
-    """A history applied in random batches, with reads between some of them."""
+def folded(draw: st.DrawFn, stretch: int = 1) -> tuple[list[ev.Event], MemoryStore]:
+    """A history applied in random batches, with reads between some of them.
+
+    ``stretch`` multiplies every time's distance from ``BASE`` (600 makes ten minutes 100 hours).
+    """
     history = draw(histories(max_size=80)) + draw(_bystanders())
+    history = [_stretched(e, stretch) for e in history]
     cuts = sorted(draw(st.sets(st.integers(1, max(len(history), 1)), max_size=5)))
     store, start = MemoryStore(), 0
     for cut in [*cuts, len(history)]:
@@ -60,6 +66,15 @@ def folded(draw: st.DrawFn) -> tuple[list[ev.Event], MemoryStore]:
             store.read_model()
         start = cut
     return history, store
+
+
+def _stretched(event: ev.Event, factor: int) -> ev.Event:
+    changes = {
+        name: BASE + (value - BASE) * factor
+        for name in ("at", "last_seen")
+        if isinstance(value := getattr(event, name, None), datetime)
+    }
+    return msgspec.structs.replace(event, **changes)
 
 
 @st.composite
@@ -322,3 +337,73 @@ def test_a_worker_with_several_of_the_asked_task_keys_is_listed_once() -> None:
     store.apply(Batch(events=[Sequenced(i + 1, "s", e) for i, e in enumerate(events)], last_seq=8))
     found = store.workers(now=BASE, task_keys=["k1", "k2"])
     assert [w.worker.worker for w in found] == ["w5", "w0"]
+
+
+_MINUTES = st.integers(-300, 6600).map(lambda m: BASE + timedelta(minutes=m))
+
+
+@st.composite
+def _timeline(draw: st.DrawFn) -> MemoryStore:
+    """Workers starting and stopping, tasks claimed and run, some still open, over ~100 hours."""
+    events: list[ev.Event] = []
+
+    def add(kind: type[ev.Event], minute: int, **fields: object) -> None:
+        at = BASE + timedelta(minutes=minute)
+        events.append(kind(id=f"e{len(events)}", at=at, **fields))  # type: ignore[arg-type]
+
+    for _ in range(draw(st.integers(0, 12))):
+        worker, minute = draw(st.sampled_from(WORKERS)), draw(st.integers(0, 6000))
+        kind = draw(st.sampled_from([ev.WorkerStarted, ev.WorkerStopped, ev.WorkerHeartbeat]))
+        add(kind, minute, worker=worker, pool=draw(st.sampled_from(POOLS)))
+    for task in range(draw(st.integers(0, 15))):
+        name, worker = f"t{task}", draw(st.sampled_from(WORKERS))
+        begin, run, end = (draw(st.integers(0, 6000)) for _ in range(3))
+        if draw(st.booleans()):
+            add(ev.TaskSubmitted, begin, task=name, pool=draw(st.sampled_from(POOLS)), queue="q")
+        add(ev.TaskClaimed, begin, task=name, worker=worker)
+        if draw(st.booleans()):
+            add(ev.TaskStarted, begin + run // 10, task=name, worker=worker)
+        ending = draw(st.sampled_from([None, ev.TaskCompleted, ev.TaskFailed, ev.TaskRetrying]))
+        if ending is not None:
+            add(ending, begin + end // draw(st.sampled_from([1, 20])), task=name)
+    store = MemoryStore()
+    items = [Sequenced(i + 1, "s", e) for i, e in enumerate(events)]
+    store.apply(Batch(events=items, last_seq=max(len(items), 1)))
+    return store
+
+
+_WINDOWS = st.fixed_dictionaries(
+    {
+        "by": st.sampled_from(GROUPINGS),
+        "since": _MINUTES,
+        "until": _MINUTES,
+        "now": _MINUTES,
+        "bucket": st.sampled_from([None, timedelta(minutes=30), timedelta(hours=7)]),
+        "multiplier": multipliers,
+    }
+).filter(lambda q: q["since"] < q["until"])
+
+
+@_PROPERTY
+@given(store=_timeline() | folded(stretch=600).map(lambda case: case[1]), query=_WINDOWS)
+def test_utilization_over_the_stretches_touching_the_window_equals_it_over_all(
+    store: MemoryStore, query: dict[str, Any]
+) -> None:
+    """Stretches and sessions the hourly index leaves out would have added nothing."""
+    everything = utilization(list(store.slot_intervals()), list(store.worker_sessions()), **query)
+    assert store.utilization(**query) == everything
+
+
+def test_a_poolless_stretch_takes_its_pool_from_a_session_that_ended_before_the_window() -> None:
+    """Given a worker stopped before the window, a claim it made later still counts in its pool."""
+    hour = timedelta(hours=1)
+    events: list[ev.Event] = [
+        ev.WorkerStarted(id="a", at=BASE, worker="w", pool="p1"),
+        ev.WorkerStopped(id="b", at=BASE + hour, worker="w", pool="p1"),
+        ev.TaskClaimed(id="c", at=BASE + 2 * hour, task="t", worker="w"),
+        ev.TaskCompleted(id="d", at=BASE + 9 * hour, task="t"),
+    ]
+    store = MemoryStore()
+    store.apply(Batch(events=[Sequenced(i + 1, "s", e) for i, e in enumerate(events)], last_seq=4))
+    rows = store.utilization(by="pool", since=BASE + 8 * hour, until=BASE + 10 * hour, now=BASE)
+    assert [(r.pool, r.slot_seconds) for r in rows] == [("p1", 3600.0)]
