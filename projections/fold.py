@@ -137,12 +137,17 @@ class _TaskRecord:
 
     def intervals(self) -> list[SlotInterval]:
         """Every slot stretch of the task, split by its retries, in order."""
+        if not self.marks:
+            return []
+        ordered = sorted(self.marks.values(), key=_key)
+        placement = self._placement()
+        if not self.retries:  # most tasks: one stretch
+            return [self._interval(placement, 0, ordered, None)]
         retries = sorted(self.retries.values(), key=_key)
         bounds = [_key(r) for r in retries]
         stretches: list[list[Mark]] = [[] for _ in range(len(bounds) + 1)]
-        for mark in sorted(self.marks.values(), key=_key):
+        for mark in ordered:
             stretches[bisect_left(bounds, _key(mark))].append(mark)
-        placement = self._placement()
         return [
             self._interval(
                 placement, attempt, marks, retries[attempt] if attempt < len(bounds) else None
