@@ -138,6 +138,9 @@ def _decode(msg: Any, max_bytes: int, max_envelope_bytes: int) -> Message:
         raise InvalidEventError(
             "an envelope must be published to <prefix>.<pool>.envelope (docs/wire.md#envelopes)"
         )
+    keys = {item.pool_key for item in message.events if not isinstance(item, Invalid)}
+    if all(encode_token(key) == pool for key in keys):
+        return message  # the usual case, checked once per pool rather than once per event
     count = len(message.events)
     checked = [_in_pool(item, pool, index, count) for index, item in enumerate(message.events)]
     return Message(checked, envelope=True)
