@@ -47,6 +47,7 @@ from workledger.stores.memory import MemoryStore
 from .conftest import run_in_thread
 from .histories import fleet_history, histories
 from .test_fuzz import _damage, _tweak, _valid
+from .test_publisher import _one_of_each
 
 STREAM = "ENV"
 PREFIX = "wl"
@@ -601,3 +602,22 @@ def test_hostile_envelopes_are_applied_or_set_aside_event_by_event_never_raised(
         whole = held[seq] == 1 and applied[seq] == 0
         assert whole or applied[seq] + held[seq] == count
     MemoryStore().apply(batch)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+async def test_every_event_type_travels_in_envelopes_unchanged(
+    log_stream: LogConfig, encoding: Encoding
+) -> None:
+    """Each type, as the publisher groups it by pool: read back equal, in order per pool."""
+    events = [codec.stamp(event) for event in _one_of_each()]
+    await _publish(log_stream, events, encoding=encoding, batch_size=100)
+    messages = await read_messages(log_stream)
+    by_pool: dict[str | None, list[ev.Event]] = {}
+    for event in events:
+        by_pool.setdefault(event.pool_key, []).append(event)
+    assert sorted((len(m.events) for m in messages), reverse=True) == sorted(
+        (len(group) for group in by_pool.values()), reverse=True
+    )
+    for message in messages:
+        assert message.events == by_pool[message.events[0].pool_key]
