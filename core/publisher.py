@@ -133,7 +133,7 @@ class Publisher:
             raise ValueError("batch_size must be 1 to max_in_flight, and linger >= 0")
         self.config = config
         self.ack_timeout = ack_timeout
-        self._encoding: Encoding = encoding
+        self._encode = codec.encode_json if encoding == "json" else codec.encode_msgpack
         self.signer: Signer | None = (
             load_signer(config.sign_key_file) if config.sign_key_file else None
         )
@@ -313,7 +313,7 @@ class Publisher:
         if self._nc is None:
             raise LogError("the publisher is not connected; use `await Publisher.connect(...)`")
         event = codec.stamp(event)
-        item = Item(event, codec.encode(event, self._encoding), waiter)
+        item = Item(event, self._encode(event), waiter)
         self._check_size(item)
         return item
 
