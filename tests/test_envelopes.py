@@ -7,6 +7,7 @@ same read model), then the publisher and the daemon against a real nats-server.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import itertools
 import json
@@ -26,6 +27,7 @@ from workledger.cli_tail import _Follower
 from workledger.cli_tail import _Message as _TailMessage
 from workledger.core import codec
 from workledger.core import events as ev
+from workledger.core._batching import Buffers, Item, Sealed
 from workledger.core.errors import InvalidEventError, PublishError
 from workledger.core.log import (
     LogConfig,
@@ -621,3 +623,38 @@ async def test_every_event_type_travels_in_envelopes_unchanged(
     )
     for message in messages:
         assert message.events == by_pool[message.events[0].pool_key]
+
+
+@settings(max_examples=100)
+@given(
+    history=histories(),
+    batch_size=st.integers(1, 12),
+    max_bytes=st.integers(400, 3000),
+    encoding=st.sampled_from(["json", "msgpack"]),
+)
+def test_the_publisher_packs_each_event_once_in_order_within_size_and_pool(
+    history: list[ev.Event], batch_size: int, max_bytes: int, encoding: Encoding
+) -> None:
+    """Whatever the events, batch size and byte limit: every event in exactly one message,
+    each message one pool's, at most batch_size events and max_bytes bytes, order kept."""
+
+    async def pack() -> list[Sealed]:
+        buffers = Buffers(PREFIX, encoding, batch_size=batch_size, linger=60, on_linger=print)
+        buffers.max_bytes = max_bytes
+        sealed = [m for e in history for m in buffers.add(Item(e, codec.encode(e, encoding), None))]
+        return sealed + buffers.seal_all()
+
+    messages = asyncio.run(pack())
+    unpacked = [codec.unpack(m.data, max_envelope_bytes=max_bytes) for m in messages]
+    assert [e for u in unpacked for e in u.events] == [i.event for m in messages for i in m.items]
+    assert Counter(e.id for u in unpacked for e in u.events) == Counter(e.id for e in history)
+    for message, content in zip(messages, unpacked, strict=True):
+        pools = {encode_token(item.event.pool_key) for item in message.items}
+        assert len(pools) == 1
+        assert len(message.items) <= batch_size
+        if content.envelope:
+            assert len(message.data) <= max_bytes
+            assert message.subject == envelope_subject(PREFIX, message.items[0].event.pool_key)
+    for pool in {e.pool_key for e in history}:
+        sent = [i.event for m in messages for i in m.items if i.event.pool_key == pool]
+        assert sent == [e for e in history if e.pool_key == pool]
