@@ -12,9 +12,11 @@ import hashlib
 import itertools
 import json
 import random
+import re
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import anyio
@@ -658,3 +660,17 @@ def test_the_publisher_packs_each_event_once_in_order_within_size_and_pool(
     for pool in {e.pool_key for e in history}:
         sent = [i.event for m in messages for i in m.items if i.event.pool_key == pool]
         assert sent == [e for e in history if e.pool_key == pool]
+
+
+def test_the_wire_doc_envelope_examples_decode_and_carry_the_right_id() -> None:
+    """docs/wire.md's envelopes decode as envelopes; the shell example's Nats-Msg-Id is the
+    recipe applied to its event ids, on the subject of its pool."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "wire.md").read_text()
+    (json_example,) = [b for b in re.findall(r"```json\n(.*?)```", text, re.S) if "envelope" in b]
+    assert codec.unpack(json_example.encode()).envelope
+    subject, body, msg_id = re.search(
+        r"nats req '([^']+\.envelope)' \\\n\s+'([^']+)' \\\n\s+-H 'Nats-Msg-Id:([^']+)'", text
+    ).groups()  # type: ignore[union-attr]
+    events = codec.unpack(body.encode()).events
+    assert msg_id == codec.envelope_id(e.id for e in events)  # type: ignore[union-attr]
+    assert subject == envelope_subject("workledger", events[0].pool_key)  # type: ignore[union-attr]
