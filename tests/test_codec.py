@@ -22,6 +22,16 @@ def test_every_event_round_trips_through_json_and_msgpack(history: list[Event]) 
         assert codec.decode(codec.encode_msgpack(event)) == event
 
 
+@settings(max_examples=100)
+@given(history=histories(max_size=20).filter(bool))
+def test_every_event_round_trips_in_an_envelope_in_both_formats(history: list[Event]) -> None:
+    """An envelope gives back its events, equal and in order, whatever the format."""
+    encodings: list[codec.Encoding] = ["json", "msgpack"]
+    for encoding in encodings:
+        unpacked = codec.unpack(codec.encode_envelope(history, encoding))
+        assert unpacked == codec.Message(history, envelope=True)
+
+
 def test_every_event_type_has_a_tag_in_the_union() -> None:
     """19 types, each with a family.verb tag."""
     tags = set(event_types())
