@@ -18,7 +18,7 @@ import msgspec
 from sortedcontainers import SortedList
 
 from workledger.projections.utilization import micros
-from workledger.projections.views import SlotCount, WorkerView
+from workledger.projections.views import SlotCount, WorkerStatus, WorkerView
 
 __all__ = ["FleetCounts", "LiveTally", "SeenIndex", "SlotTally", "TimeIndex", "seen_key"]
 
@@ -67,13 +67,21 @@ class SeenIndex:
         queue: str | None,
         task_keys: Iterable[str],
         labels: Sequence[tuple[str, str]],
+        final: WorkerStatus | None = None,
     ) -> Iterator[SeenKey]:
-        """A superset of the matching workers, newest-seen first, each once."""
+        """A superset of the matching workers, newest-seen first, each once.
+
+        ``final`` (STOPPED or LOST: statuses no clock changes) narrows it to workers marked so.
+        """
         options: list[list[_Term]] = [[_ALL]]
         if pool is not None:
             options.append([("pool", pool)])
         if queue is not None:
             options.append([("queue", queue), _ANY_QUEUE])
+        if pool is not None and queue is not None:  # queue names are per pool
+            options.append([("pool queue", pool, queue), ("pool any queue", pool)])
+        if final is not None:
+            options.append([("final", final)])
         keys = list(task_keys)
         if keys:
             options.append([("key", k) for k in keys])
@@ -89,10 +97,15 @@ class SeenIndex:
 def _terms(view: WorkerView) -> set[_Term]:
     terms: set[_Term] = {_ALL, ("pool", view.pool)}
     terms.update(("queue", q) for q in view.queues)
+    terms.update(("pool queue", view.pool, q) for q in view.queues)
     terms.update(("key", k) for k in view.task_keys)
     terms.update(("label", k, v) for k, v in view.labels.items())
     if not view.queues:
-        terms.add(_ANY_QUEUE)
+        terms.update((_ANY_QUEUE, ("pool any queue", view.pool)))
+    if view.stopped:
+        terms.add(("final", WorkerStatus.STOPPED))
+    if view.lost:
+        terms.add(("final", WorkerStatus.LOST))
     return terms
 
 

@@ -48,6 +48,7 @@ from workledger.stores.base import Batch, ReadModel, StoreStats
 __all__ = ["FleetCounts", "MemoryStore", "write_snapshot"]
 
 _Pair = tuple[str | None, str | None]
+_FINAL = frozenset({WorkerStatus.STOPPED, WorkerStatus.LOST})  # no clock changes these
 _WINDOWED = frozenset({"worker", "pool", "task_key", "stage"})  # see MemoryStore._touching
 
 _EPOCH = datetime.min
@@ -229,7 +230,10 @@ class MemoryStore:
         if limit is not None and limit <= 0:
             return []
         found = []
-        candidates = self._seen.candidates(pool=pool, queue=queue, task_keys=keys, labels=wanted)
+        final = status if status in _FINAL else None
+        candidates = self._seen.candidates(
+            pool=pool, queue=queue, task_keys=keys, labels=wanted, final=final
+        )
         for _, worker_id in candidates:
             view = self._workers[worker_id]
             if not _matches(view, pool, queue, keys, wanted):

@@ -79,21 +79,37 @@ def _stretched(event: ev.Event, factor: int) -> ev.Event:
 
 @st.composite
 def _bystanders(draw: st.DrawFn) -> list[ev.Event]:
-    """Workers no filter of the tests asks for, so the indexes are shorter than the fleet."""
-    count = draw(st.integers(0, 8))
-    seen = draw(st.lists(st.integers(0, 600), min_size=count, max_size=count))
-    return [
-        ev.WorkerStarted(
-            id=f"b{i}",
-            at=BASE + timedelta(seconds=second),
-            worker=f"bystander {i}",
-            pool="p.x",
-            queues=("qx",),
-            task_keys=("kx",),
-            labels={"zone": "x"},
+    """More workers, some stopped or lost, so each index list is shorter than the fleet."""
+    names = lambda pool: st.lists(st.sampled_from(pool), max_size=2, unique=True).map(tuple)  # noqa: E731
+    seconds = st.integers(0, 600).map(lambda s: BASE + timedelta(seconds=s))
+    events: list[ev.Event] = []
+    for i in range(draw(st.integers(0, 10))):
+        worker, pool, started = (
+            f"bystander {i}",
+            draw(st.sampled_from([*POOLS, "p.x"])),
+            draw(seconds),
         )
-        for i, second in enumerate(seen)
-    ]
+        events.append(
+            ev.WorkerStarted(
+                id=f"b{i}",
+                at=started,
+                worker=worker,
+                pool=pool,
+                queues=draw(names([*QUEUES, "qx"])),
+                task_keys=draw(names([*KEYS, "kx"])),
+                labels=draw(label_sets),
+                heartbeat_interval=draw(st.sampled_from([5.0, 30.0])),
+            )
+        )
+        end = draw(st.sampled_from([None, ev.WorkerStopped, ev.WorkerLost, ev.WorkerHeartbeat]))
+        later = started + timedelta(seconds=draw(st.integers(0, 100)))
+        if end is ev.WorkerLost:
+            events.append(
+                ev.WorkerLost(id=f"l{i}", at=later, worker=worker, pool=pool, last_seen=started)
+            )
+        elif end is not None:
+            events.append(end(id=f"x{i}", at=later, worker=worker, pool=pool))  # type: ignore[call-arg]
+    return events
 
 
 def _edges(history: Sequence[ev.Event], multiplier: float) -> list[datetime]:
@@ -407,3 +423,18 @@ def test_a_poolless_stretch_takes_its_pool_from_a_session_that_ended_before_the_
     store.apply(Batch(events=[Sequenced(i + 1, "s", e) for i, e in enumerate(events)], last_seq=4))
     rows = store.utilization(by="pool", since=BASE + 8 * hour, until=BASE + 10 * hour, now=BASE)
     assert [(r.pool, r.slot_seconds) for r in rows] == [("p1", 3600.0)]
+
+
+@_PROPERTY
+@given(case=folded(), now=nows, limit=limits)
+def test_workers_by_every_status_pool_and_queue_equal_a_scan(
+    case: tuple[list[ev.Event], MemoryStore], now: datetime, limit: int | None
+) -> None:
+    """Every status (STOPPED and LOST have their own lists) with every pool and queue."""
+    history, store = case
+    brute = Brute(history)
+    for status in (None, *WorkerStatus):
+        for pool in (None, *POOLS, "p.x"):
+            for queue in (None, *QUEUES, "qx"):
+                query = {"now": now, "status": status, "pool": pool, "queue": queue}
+                assert store.workers(**query, limit=limit) == brute.workers_(**query, limit=limit)
