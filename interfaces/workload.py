@@ -620,7 +620,7 @@ class Fleet:
             for s in range(len(_STAGES))
         ]
         busy = sum(reach**s * attempts * length for s, length in enumerate(per_stage))
-        return max(0.01, w.utilization * min(slots, pool.limit) / busy)
+        return max(0.01, w.utilization * slots / busy)
 
     def _announce_pool(self, pool: _Pool) -> None:
         at, next_id = self._at, self._next_id
@@ -750,26 +750,33 @@ class Fleet:
         items = self._active.items
         return items[int(self._random() * len(items))] if items else None
 
-    def _subscribe_worker(self, _: Any, __: int) -> None:
-        """A worker takes on a task key of its pool it did not start with."""
-        for _attempt in range(3):
+    def _pick_lacking(self) -> _Worker | None:
+        """A random active worker that does not take every key of its pool: a few random
+        picks (most workers take every key), then a scan so that a short run still sees one."""
+        for _attempt in range(10):
             worker = self._pick_worker()
-            if worker is None:
-                return
-            pool = worker.pool
-            missing = [k for k in pool.keys if k not in worker.keys]
-            if missing:
-                break
-        else:
+            if worker is not None and len(worker.keys) < len(worker.pool.keys):
+                return worker
+        lacking = [w for w in self._active.items if len(w.keys) < len(w.pool.keys)]
+        return lacking[int(self._random() * len(lacking))] if lacking else None
+
+    def _subscribe_worker(self, _: Any, __: int) -> None:
+        """A worker takes on a task key of its pool it did not start with (or, if every worker
+        takes every key, one subscribes again to a key it has: subscribing is idempotent)."""
+        worker = self._pick_lacking() or self._pick_worker()
+        if worker is None:
             return
+        pool = worker.pool
+        missing = [k for k in pool.keys if k not in worker.keys] or sorted(worker.keys)
         key = missing[int(self._random() * len(missing))]
-        worker.keys.add(key)
-        k = pool.keys.index(key)
-        added = [pool.grid[q][k] for q in worker.queues]
-        worker.classes += added
-        if worker.free:
-            for c in added:
-                c.free.add(worker)
+        if key not in worker.keys:
+            worker.keys.add(key)
+            k = pool.keys.index(key)
+            added = [pool.grid[q][k] for q in worker.queues]
+            worker.classes += added
+            if worker.free:
+                for c in added:
+                    c.free.add(worker)
         self._emit(
             ev.WorkerSubscribed(
                 worker=worker.name,

@@ -14,10 +14,13 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from workledger.core import events as ev
 from workledger.core.log import LogConfig
-from workledger.demo import DemoStats, run_demo
+from workledger.demo import DemoStats, demo_workload, run_demo
+from workledger.workload import Fleet
 
 ReadStream = Callable[[LogConfig], Awaitable[list[Any]]]
 
@@ -192,3 +195,23 @@ def _story(events: list[ev.Event]) -> list[dict[str, Any]]:
             fields["task"] = tasks.setdefault(fields["task"], f"task-{len(tasks)}")
         story.append({"type": event.type, **fields})
     return story
+
+
+@settings(max_examples=30)
+@given(seed=st.integers(0, 2**32), workers=st.integers(8, 40))
+def test_two_demo_minutes_show_every_producer_event_whatever_the_seed(
+    seed: int, workers: int
+) -> None:
+    """The demo's churn is paced so that a short run (as in `make run`'s first look) has it all,
+    and its wind-down leaves every task ended."""
+    fleet = Fleet(demo_workload(workers=workers, seed=seed))
+    events = fleet.start()
+    while (due := fleet.next_due()) is not None and due <= 120:
+        events += fleet.step()
+    events += fleet.wind_down()
+    verdicts = {"worker.lost", "worker.forgotten"}
+    assert {e.type for e in events} == set(ev.event_types()) - verdicts
+    replay = _Replay()
+    for event in events:
+        replay.apply(event)
+    assert not replay.holder

@@ -178,6 +178,35 @@ def test_task_durations_are_skewed_and_differ_by_task_key() -> None:
     assert max(spreads) > 1.2
 
 
+def test_the_fleet_runs_near_its_target_utilization() -> None:
+    """Busy slots over live slots, time-weighted after a warm-up, is near ``utilization``
+    (a little under: limits, pauses and workers that serve only some keys leave gaps)."""
+    workload = Workload(seed=2, utilization=0.7)
+    slots: dict[str, int] = {}
+    holders: set[str] = set()
+    busy = capacity = 0.0
+    last = 0.0
+    for event in take(workload, 150_000):
+        assert event.at is not None
+        now = (event.at - workload.start).total_seconds()
+        if now > 30:  # warmed up
+            busy += len(holders) * (now - last)
+            capacity += sum(slots.values()) * (now - last)
+        last = now
+        match event:
+            case ev.WorkerStarted():
+                slots[event.worker] = event.slots
+            case ev.WorkerStopped():
+                del slots[event.worker]
+            case ev.TaskClaimed():
+                holders.add(event.task)
+            case ev.TaskRetrying() | ev.TaskCompleted() | ev.TaskFailed():
+                holders.discard(event.task)
+            case ev.TaskCancelled() | ev.TaskCrashed():
+                holders.discard(event.task)
+    assert 0.55 <= busy / capacity <= 0.75
+
+
 def test_a_hundred_thousand_workers_start_and_work() -> None:
     """The benchmark fleet: 100k distinct workers are announced, then tasks flow."""
     events = take(Workload(workers=100_000), 130_000)
