@@ -320,6 +320,8 @@ class Publisher:
     def _check_size(self, item: Item) -> None:
         """Refuse here what the server or the daemons would refuse, with the reason."""
         assert self._nc is not None
+        if len(item.data) <= self.max_event_bytes and len(item.data) <= self._nc.max_payload:
+            return
         for limit, whose in (
             (self._nc.max_payload, "the server's max payload"),
             (self.max_event_bytes, "the maximum event size"),
