@@ -1,68 +1,155 @@
-"""How to get rows into DuckDB fastest: the options for the store's appends, measured.
+"""DuckDB write path: the whole ``DuckDBStore.apply`` per batch size, where its time goes, and
+the append paths it chose between.
 
-Run: ``.venv/bin/python benchmarks/duckdb_apply.py [--events 100000] [--repeat 5]``
+Run: ``.venv/bin/python benchmarks/duckdb_apply.py [--events 100000] [--repeat 3] [--profile]``
 
-Each approach writes the same events (from ``Sequenced`` items, conversion included) into a
-fresh ``events`` table of a file database, with the checkpoint row updated in the same
-transaction, and reports the median rows/s of R runs. Row-by-row ``executemany`` runs on a
-tenth of the events (it is that slow). Then the whole ``DuckDBStore.apply`` (fold, every
-table, fold state, checkpoint) in daemon-sized batches, next to ``MemoryStore.apply``.
+- **apply**: events/s of ``DuckDBStore.apply`` into a fresh file in batches of 5000 (the
+  daemon's ``max_batch``) and 50000 (a rebuild catching up), everything included: the fold,
+  the Arrow tables, each batch's transaction with its checkpoint row, and ``close()`` (DuckDB's
+  CHECKPOINT of what the write-ahead log still holds). Median of R runs.
+- **--profile**: CPU microseconds per event by phase (fold, Arrow tables, SQL statements,
+  commit, close), CPU rather than wall so that a busy machine skews it less.
+- **appends**: rows/s of the ways to put events into a table (row-by-row ``executemany``, LIST
+  parameters, Arrow from row dicts, Arrow by column), each with a committed checkpoint row.
+
+Events come from ``benchmarks/run.py`` (the workload generator), so figures compare with
+``make bench``, which calls :func:`figures`.
 """
 
 from __future__ import annotations
 
 import argparse
-import random
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import msgspec
 import pyarrow as pa
+import run
 
-from workledger.core import events as ev
+from workledger.projections.fold import Ledger
 from workledger.stores import _duckdb_rows as rows
+from workledger.stores import duckdb as duckdb_store
 from workledger.stores._duckdb_schema import CHECKPOINT, EVENTS
 from workledger.stores.base import Batch, Sequenced
 from workledger.stores.duckdb import DuckDBStore
-from workledger.stores.memory import MemoryStore
 
-BASE = datetime(2026, 1, 1, tzinfo=UTC)
+BATCHES = (5000, 50_000)  # the daemon's max_batch; a rebuild's larger batches
 _json = msgspec.json.Encoder()
 Writer = Callable[[duckdb.DuckDBPyConnection, Sequence[Sequenced]], None]
 
 
 def history(size: int, seed: int = 0) -> list[Sequenced]:
-    """Task lifecycles and heartbeats over 200 workers, stamped and numbered."""
-    rng = random.Random(seed)
-    out: list[ev.Event] = [ev.WorkerStarted(worker=f"w{i}", pool="p", slots=4) for i in range(200)]
-    task = 0
-    while len(out) < size:
-        task += 1
-        name, worker = f"task-{task}", f"w{rng.randrange(200)}"
-        out += [
-            ev.TaskSubmitted(task=name, pool="p", queue=f"q{task % 3}"),
-            ev.TaskClaimed(task=name, worker=worker),
-            ev.TaskStarted(task=name, worker=worker),
-            ev.TaskCompleted(task=name),
-            ev.WorkerHeartbeat(worker=worker, pool="p"),
-        ]
-    stamped = [
-        msgspec.structs.replace(e, id=f"e{i:08d}", at=BASE + timedelta(milliseconds=i))
-        for i, e in enumerate(out[:size])
+    """``size`` events of the shared benchmark stream, numbered from 1."""
+    events = run.history(size, seed)
+    return [Sequenced(i + 1, f"workledger.{e.type}", e) for i, e in enumerate(events)]
+
+
+def apply_all(path: Path, items: Sequence[Sequenced], batch: int) -> None:
+    """What is measured: every batch applied to a fresh file, then the file closed."""
+    store = DuckDBStore(path)
+    for start in range(0, len(items), batch):
+        chunk = items[start : start + batch]
+        store.apply(Batch(events=chunk, last_seq=chunk[-1].seq))
+    store.close()
+
+
+def apply_rate(items: Sequence[Sequenced], batch: int, repeat: int) -> float:
+    """Median events/s of :func:`apply_all` over ``repeat`` fresh files."""
+    rates = []
+    for _ in range(repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            began = time.perf_counter()
+            apply_all(Path(tmp) / "apply.duckdb", items, batch)
+            rates.append(len(items) / (time.perf_counter() - began))
+    return statistics.median(rates)
+
+
+def figures(events: int = 100_000, repeat: int = 3, seed: int = 0) -> dict[str, float]:
+    """``DuckDBStore.apply`` events/s (checkpoints and close included) per batch size."""
+    items = history(events, seed)
+    _warm()
+    return {f"apply b{batch}": apply_rate(items, batch, repeat) for batch in BATCHES}
+
+
+def _warm() -> None:
+    """DuckDB imports pandas on its first Arrow scan (~0.4 s): not part of any figure."""
+    with duckdb.connect() as con:
+        table = pa.table({"x": [1]})
+        con.register("warm", table)
+        con.execute("SELECT * FROM warm").fetchall()
+
+
+# --- where the time goes -----------------------------------------------------------------------
+
+
+def profile(items: Sequence[Sequenced], batch: int) -> dict[str, float]:
+    """CPU microseconds per event of each phase of :func:`apply_all` (one run)."""
+    spent: Counter[str] = Counter()
+    with tempfile.TemporaryDirectory() as tmp, _timed(spent):
+        began = time.process_time()
+        apply_all(Path(tmp) / "profile.duckdb", items, batch)
+        total = time.process_time() - began
+    phases = {
+        "fold (Ledger.apply)": spent["fold"],
+        "views (Ledger.task, ...)": spent["views"],
+        "Arrow tables": spent["batch"] - spent["views"],
+        "SQL statements": spent["statements"],
+        "commit": spent["write"] - spent["statements"],
+        "close (CHECKPOINT)": spent["close"],
+    }
+    phases["other (open, ...)"] = total - sum(phases.values())
+    phases["total"] = total
+    return {name: seconds / len(items) * 1e6 for name, seconds in phases.items()}
+
+
+@contextmanager
+def _timed(spent: Counter[str]) -> Iterator[None]:
+    """Count CPU time in the store's phases by wrapping them (module attributes, restored)."""
+    views = ("task", "worker", "pool", "queue", "intervals", "sessions", "retained")
+    targets: list[tuple[Any, str, str]] = [
+        (Ledger, "apply", "fold"),
+        *((Ledger, name, "views") for name in views),
+        (DuckDBStore, "_batch_write", "batch"),
+        (duckdb_store, "_write", "write"),
+        (duckdb_store, "_write_rows", "statements"),
+        (DuckDBStore, "close", "close"),
     ]
-    return [Sequenced(i + 1, "workledger.p.task.x.y", e) for i, e in enumerate(stamped)]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
+    for owner, name, label in targets:
+        setattr(owner, name, _clock(getattr(owner, name), label, spent))
+    try:
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
+
+
+def _clock(function: Callable[..., Any], label: str, spent: Counter[str]) -> Callable[..., Any]:
+    def clocked(*args: Any, **kwargs: Any) -> Any:
+        began = time.process_time()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[label] += time.process_time() - began
+
+    return clocked
+
+
+# --- append paths ------------------------------------------------------------------------------
 
 
 def _values(items: Sequence[Sequenced]) -> list[tuple[Any, ...]]:
     return [
         (
             i.seq,
+            0,
             i.event.id,
             i.event.type,
             i.event.at,
@@ -79,25 +166,24 @@ def _values(items: Sequence[Sequenced]) -> list[tuple[Any, ...]]:
 
 def row_by_row(con: duckdb.DuckDBPyConnection, items: Sequence[Sequenced]) -> None:
     """``executemany``: one INSERT per row."""
-    con.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", _values(items))
+    marks = ", ".join("?" * len(EVENTS.columns))
+    con.executemany(f"INSERT INTO events VALUES ({marks})", _values(items))
 
 
 def arrow_columns(con: duckdb.DuckDBPyConnection, items: Sequence[Sequenced]) -> None:
     """Arrow built column by column (what the store does), then INSERT ... SELECT."""
-    con.register("batch", rows.event_table(items))
+    batch = rows.event_table(items)  # noqa: F841 (DuckDB reads the local by its name)
     con.execute("INSERT INTO events BY NAME SELECT * FROM batch")
-    con.unregister("batch")
 
 
 def arrow_pylist(con: duckdb.DuckDBPyConnection, items: Sequence[Sequenced]) -> None:
     """Arrow built from row dicts (``Table.from_pylist``)."""
     names = list(EVENTS.columns)
-    table = pa.Table.from_pylist(
-        [dict(zip(names, v, strict=True)) for v in _values(items)], schema=EVENTS.arrow_schema
+    schema = pa.schema([(n, EVENTS.arrow_schema.field(n).type) for n in names])
+    batch = pa.Table.from_pylist(  # noqa: F841 (DuckDB reads the local by its name)
+        [dict(zip(names, v, strict=True)) for v in _values(items)], schema=schema
     )
-    con.register("batch", table)
     con.execute("INSERT INTO events BY NAME SELECT * FROM batch")
-    con.unregister("batch")
 
 
 def list_params(con: duckdb.DuckDBPyConnection, items: Sequence[Sequenced]) -> None:
@@ -107,20 +193,15 @@ def list_params(con: duckdb.DuckDBPyConnection, items: Sequence[Sequenced]) -> N
     con.execute(f"INSERT INTO events SELECT {unnest}", [list(c) for c in columns])
 
 
-def _create(con: duckdb.DuckDBPyConnection, *, key: bool) -> None:
-    ddl = EVENTS.ddl if key else EVENTS.ddl.replace(", PRIMARY KEY (seq)", "")
-    con.execute(ddl)
-    con.execute(CHECKPOINT.ddl)
-    con.execute("INSERT INTO checkpoint VALUES (1, 0, 0, 0, 1)")
-
-
-def measure(writer: Writer, items: Sequence[Sequenced], repeat: int, *, key: bool = True) -> float:
-    """Median rows/s of ``writer`` into a fresh table, checkpoint in the same transaction."""
+def append_rate(writer: Writer, items: Sequence[Sequenced], repeat: int) -> float:
+    """Median rows/s of ``writer`` into a fresh table, checkpoint row in the same transaction."""
     rates = []
     for _ in range(repeat):
         with tempfile.TemporaryDirectory() as tmp:
             con = duckdb.connect(str(Path(tmp) / "bench.duckdb"))
-            _create(con, key=key)
+            con.execute(EVENTS.ddl)
+            con.execute(CHECKPOINT.ddl)
+            con.execute("INSERT INTO checkpoint VALUES (1, 0, 0, 0, 1)")
             began = time.perf_counter()
             con.begin()
             writer(con, items)
@@ -131,49 +212,33 @@ def measure(writer: Writer, items: Sequence[Sequenced], repeat: int, *, key: boo
     return statistics.median(rates)
 
 
-def measure_store(make: Callable[[Path], Any], items: Sequence[Sequenced], repeat: int) -> float:
-    """Median events/s of a whole store's ``apply`` in batches of 5000, as the daemon sends."""
-    rates = []
-    for _ in range(repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            store = make(Path(tmp) / "store.duckdb")
-            began = time.perf_counter()
-            for start in range(0, len(items), 5000):
-                chunk = items[start : start + 5000]
-                store.apply(Batch(events=chunk, last_seq=chunk[-1].seq))
-            rates.append(len(items) / (time.perf_counter() - began))
-            if isinstance(store, DuckDBStore):
-                store.close()
-    return statistics.median(rates)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--profile", action="store_true", help="CPU per phase, per batch size")
+    parser.add_argument("--appends", action="store_true", help="also compare the append paths")
     args = parser.parse_args()
     items = history(args.events)
-    print(f"{args.events} events, median of {args.repeat} runs, rows/s (higher is better)")
-    figures = {
-        "executemany, row by row (1/10 of the events)": measure(
-            row_by_row, items[: max(args.events // 10, 1)], args.repeat
-        ),
-        "LIST parameters + unnest": measure(list_params, items, args.repeat),
-        "Arrow from row dicts": measure(arrow_pylist, items, args.repeat),
-        "Arrow by column (the store's path)": measure(arrow_columns, items, args.repeat),
-        "Arrow by column, no PRIMARY KEY on seq": measure(
-            arrow_columns, items, args.repeat, key=False
-        ),
-        "DuckDBStore.apply, whole batches (fold + all tables)": measure_store(
-            DuckDBStore, items, args.repeat
-        ),
-        "MemoryStore.apply, for comparison": measure_store(
-            lambda _: MemoryStore(), items, args.repeat
-        ),
-    }
-    width = max(map(len, figures))
-    for name, rate in figures.items():
-        print(f"  {name:<{width}}  {rate:>12,.0f}")
+    _warm()
+    print(f"{args.events} events ({run.source()}), median of {args.repeat} runs")
+    for name, rate in figures(args.events, args.repeat).items():
+        print(f"  DuckDBStore.apply {name}, close included: {rate:>10,.0f} events/s")
+    if args.profile:
+        for batch in BATCHES:
+            print(f"CPU us/event by phase, batches of {batch}:")
+            for phase, micros in profile(items, batch).items():
+                print(f"  {phase:<28} {micros:6.2f}")
+    if args.appends:
+        print("append paths, rows/s (executemany on a tenth of the events):")
+        paths: dict[str, tuple[Writer, Sequence[Sequenced]]] = {
+            "executemany, row by row": (row_by_row, items[: max(len(items) // 10, 1)]),
+            "LIST parameters + unnest": (list_params, items),
+            "Arrow from row dicts": (arrow_pylist, items),
+            "Arrow by column (the store's)": (arrow_columns, items),
+        }
+        for name, (writer, chosen) in paths.items():
+            print(f"  {name:<32} {append_rate(writer, chosen, args.repeat):>12,.0f}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,12 @@
 Tables that mirror a view Struct (``tasks``, ``workers``, ``slot_intervals``, ...) use its field
 names as column names, so Python and SQL share one vocabulary. ``docs/duckdb.md`` describes
 every column for analysts.
+
+No table has a PRIMARY KEY: its ART index costs on every insert, delete and checkpoint, and
+DuckDB never uses it to find the rows a batch replaces (a join scans). Derived tables instead
+end with ``batch_seq``, the checkpoint of the batch that last wrote the row: rows are appended
+in batch order, so a delete restricted to the ``batch_seq`` values it replaces reads only the
+row groups whose min-max index (zonemap) holds them, however large the table grows.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from typing import NamedTuple
 import pyarrow as pa
 
 __all__ = [
+    "BATCH_SEQ",
     "CHECKPOINT",
     "EVENTS",
     "FOLD_STATE",
@@ -28,12 +35,17 @@ __all__ = [
     "Table",
 ]
 
-SCHEMA_VERSION = 2  # 2: workers.lost
+SCHEMA_VERSION = 3  # 2: workers.lost; 3: events.idx, batch_seq, no primary keys
 
 
 class _Type(NamedTuple):
     sql: str
     arrow: pa.DataType
+    compression: str = ""  # DuckDB's choice unless set
+
+    @property
+    def ddl(self) -> str:
+        return f"{self.sql} USING COMPRESSION {self.compression}" if self.compression else self.sql
 
 
 _TEXT = _Type("VARCHAR", pa.string())
@@ -44,23 +56,44 @@ _DOUBLE = _Type("DOUBLE", pa.float64())
 _BOOL = _Type("BOOLEAN", pa.bool_())
 _TEXTS = _Type("VARCHAR[]", pa.list_(pa.string()))
 _LABELS = _Type("MAP(VARCHAR, VARCHAR)", pa.map_(pa.string(), pa.string()))
-_JSON = _Type("JSON", pa.string())
+# Arrow's JSON extension type (pyarrow 19+) tells DuckDB the text is JSON already, sparing it a
+# validating parse of every payload (msgspec wrote it); plain strings are parsed on insert.
+_JSON = _Type("JSON", pa.json_() if hasattr(pa, "json_") else pa.string())
 _BLOB = _Type("BLOB", pa.binary())
+# Long or unique values (payloads, ids, msgpack): zstd at a checkpoint costs about half of
+# DuckDB's trial of every method and, on payloads, gives a file half the size
+# (benchmarks/duckdb_apply.py). Short repeated values (status, pool, ...) keep dictionaries.
+_ID = _TEXT._replace(compression="zstd")
+_PAYLOAD = _JSON._replace(compression="zstd")
+_PACKED = _BLOB._replace(compression="zstd")
+
+
+BATCH_SEQ = "batch_seq"
 
 
 class Table(NamedTuple):
-    """A table: its columns in order (name → type) and the columns that identify a row."""
+    """A table: its columns in order (name → type).
+
+    A derived table has an ``entity``: the columns naming the task, worker, pool or queue a row
+    belongs to. A batch replaces every row of each entity it touched, and the table ends with
+    a ``batch_seq`` column, which SQL fills (it is not in the Arrow batches).
+    """
 
     name: str
     columns: dict[str, _Type]
-    key: tuple[str, ...] = ()
+    entity: tuple[str, ...] = ()
+
+    @property
+    def derived(self) -> bool:
+        """Rewritten per entity (else appended to, like ``events``)."""
+        return bool(self.entity)
 
     @property
     def ddl(self) -> str:
         """``CREATE TABLE IF NOT EXISTS`` with every column quoted (``at`` is reserved)."""
-        columns = [f'"{name}" {kind.sql}' for name, kind in self.columns.items()]
-        if self.key:
-            columns.append(f"PRIMARY KEY ({', '.join(self.key)})")
+        columns = [f'"{name}" {kind.ddl}' for name, kind in self.columns.items()]
+        if self.derived:
+            columns.append(f"{BATCH_SEQ} {_BIGINT.sql}")
         return f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(columns)})"
 
     @property
@@ -73,7 +106,8 @@ EVENTS = Table(
     "events",
     {
         "seq": _BIGINT,
-        "id": _TEXT,
+        "idx": _INT,
+        "id": _ID,
         "type": _TEXT,
         "at": _TIME,
         "worker": _TEXT,
@@ -81,9 +115,8 @@ EVENTS = Table(
         "pool": _TEXT,
         "queue": _TEXT,
         "subject": _TEXT,
-        "payload": _JSON,
+        "payload": _PAYLOAD,
     },
-    key=("seq",),
 )
 
 TASKS = Table(
@@ -108,7 +141,7 @@ TASKS = Table(
         "message": _TEXT,
         "error": _TEXT,
     },
-    key=("task",),
+    entity=("task",),
 )
 
 WORKERS = Table(
@@ -130,7 +163,7 @@ WORKERS = Table(
         "stopped": _BOOL,
         "lost": _BOOL,
     },
-    key=("worker",),
+    entity=("worker",),
 )
 
 SLOT_INTERVALS = Table(
@@ -148,7 +181,7 @@ SLOT_INTERVALS = Table(
         "released_at": _TIME,
         "ended": _TEXT,
     },
-    key=("task", "attempt"),
+    entity=("task",),
 )
 
 WORKER_SESSIONS = Table(
@@ -165,6 +198,7 @@ WORKER_SESSIONS = Table(
         "next_started_at": _TIME,
         "last_seen": _TIME,
     },
+    entity=("worker",),
 )
 
 POOLS = Table(
@@ -176,7 +210,7 @@ POOLS = Table(
         "created_at": _TIME,
         "updated_at": _TIME,
     },
-    key=("pool",),
+    entity=("pool",),
 )
 
 QUEUES = Table(
@@ -190,19 +224,18 @@ QUEUES = Table(
         "created_at": _TIME,
         "updated_at": _TIME,
     },
-    key=("pool", "queue"),
+    entity=("pool", "queue"),
 )
 
 QUARANTINED = Table(
     "quarantined",
     {"seq": _BIGINT, "subject": _TEXT, "reason": _TEXT, "data": _BLOB, "size": _BIGINT},
-    key=("seq",),
 )
 
 FOLD_STATE = Table(
     "fold_state",
-    {"kind": _TEXT, "key": _TEXT, "events": _BLOB},
-    key=("kind", "key"),
+    {"kind": _TEXT, "key": _TEXT, "events": _PACKED},
+    entity=("kind", "key"),
 )
 
 CHECKPOINT = Table(
@@ -214,7 +247,6 @@ CHECKPOINT = Table(
         "quarantined": _BIGINT,
         "schema_version": _INT,
     },
-    key=("id",),
 )
 
 TABLES = (

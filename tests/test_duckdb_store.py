@@ -25,6 +25,7 @@ from workledger.projections.views import (
     WorkerView,
 )
 from workledger.stores import duckdb as duckdb_store
+from workledger.stores.base import Batch, Sequenced
 from workledger.stores.duckdb import DuckDBStore, check_unlocked
 from workledger.stores.memory import MemoryStore
 
@@ -63,9 +64,11 @@ def sql(path: Path) -> Iterator[duckdb.DuckDBPyConnection]:
 def test_tables_name_their_columns_after_the_view_fields(
     sql: duckdb.DuckDBPyConnection, table: str, struct: type[msgspec.Struct]
 ) -> None:
-    """Python and SQL share one vocabulary: column names are the Struct's field names."""
+    """Python and SQL share one vocabulary: column names are the Struct's field names (then
+    ``batch_seq`` on the tables a batch rewrites per entity)."""
     columns = [row[0] for row in sql.execute(f"DESCRIBE {table}").fetchall()]
-    assert columns == list(struct.__struct_fields__)
+    derived = [] if table == "quarantined" else ["batch_seq"]
+    assert columns == [*struct.__struct_fields__, *derived]
 
 
 def test_the_events_table_keeps_every_event_with_its_sequence_and_payload(
@@ -118,8 +121,8 @@ def test_a_failed_write_changes_nothing_and_the_next_attempt_catches_up(
     before = (store.read_model(), store.stats())
     real = duckdb_store._write_rows
 
-    def fail_after_rows(cursor: duckdb.DuckDBPyConnection) -> None:
-        real(cursor)
+    def fail_after_rows(cursor: duckdb.DuckDBPyConnection, write: object) -> None:
+        real(cursor, write)
         raise duckdb.IOException("disk full")
 
     monkeypatch.setattr(duckdb_store, "_write_rows", fail_after_rows)
@@ -203,3 +206,47 @@ def test_the_sql_examples_in_the_docs_run(sql: duckdb.DuckDBPyConnection) -> Non
     assert statements
     for statement in statements:
         sql.execute(statement).fetchall()
+
+
+def test_events_of_one_envelope_share_a_seq_and_keep_their_order(path: Path) -> None:
+    """Several events (or bad events) of one message share its seq; ``idx`` orders them."""
+    history = fleet()
+    items = [Sequenced(1 + i // 3, "subject", event) for i, event in enumerate(history)]
+    last = items[-1].seq + 1
+    bad = [
+        Quarantined(seq=last, subject="s", reason=f"event {i} is bad", data=b"x", size=1)
+        for i in range(2)
+    ]
+    reference = MemoryStore()
+    with DuckDBStore(path) as store:
+        for each in (
+            Batch(events=items[:6], last_seq=2),
+            Batch(events=items[6:], last_seq=last - 1),
+            Batch(quarantined=bad, last_seq=last),
+        ):
+            store.apply(each)
+            reference.apply(each)
+        assert store.quarantined() == reference.quarantined() == bad
+    with duckdb.connect(str(path), read_only=True) as con:
+        found = con.execute("SELECT seq, idx, id FROM events ORDER BY seq, idx").fetchall()
+    assert found == [(item.seq, i % 3, item.event.id) for i, item in enumerate(items)]
+    with DuckDBStore(path) as reopened:
+        assert (reopened.read_model(), reopened.stats()) == (
+            reference.read_model(),
+            reference.stats(),
+        )
+
+
+def test_a_batch_replaces_only_the_rows_of_what_it_touched(path: Path) -> None:
+    """Each entity keeps one current row, written by the last batch that touched it."""
+    history = fleet()
+    with DuckDBStore(path) as store:
+        for i, event in enumerate(history, 1):  # one event per batch: every row rewritten often
+            store.apply(batch([event], i))
+    with duckdb.connect(str(path), read_only=True) as con:
+        for table, key in (("tasks", "task"), ("workers", "worker"), ("fold_state", "kind, key")):
+            counts = con.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {table}")
+            total, distinct = counts.fetchone() or (0, 0)
+            assert total == distinct > 0
+        last = con.execute("SELECT max(batch_seq) FROM tasks").fetchone()
+    assert last == (max(i for i, e in enumerate(history, 1) if hasattr(e, "task")),)
