@@ -45,7 +45,9 @@ from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Encoding, Publisher, SyncPublisher
 from workledger.projections.daemon import Projector, ProjectorConfig, to_batch
 from workledger.projections.feed import FeedFilter, Subscription
+from workledger.rebuild import rebuild
 from workledger.stores.base import ReadModel, Sequenced
+from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
 
 from .conftest import run_in_thread
@@ -606,6 +608,29 @@ def test_hostile_envelopes_are_applied_or_set_aside_event_by_event_never_raised(
         whole = held[seq] == 1 and applied[seq] == 0
         assert whole or applied[seq] + held[seq] == count
     MemoryStore().apply(batch)
+
+
+@pytest.mark.anyio
+async def test_a_rebuild_from_envelopes_equals_the_live_in_memory_model(
+    log_stream: LogConfig, tmp_path: Path
+) -> None:
+    """`workledger rebuild` replays envelopes into DuckDB: the same model as the daemon's
+    MemoryStore, a bad event set aside alone in both."""
+    history = fleet_history(600, seed=3)
+    await _publish(log_stream, history, encoding="msgpack", batch_size=50)
+    bad = b'{"type": "task.progress", "task": ""}'
+    data = codec.pack([codec.encode_json(_progress(1, pool="p")[0]), bad, bad])
+    client = await connect(log_stream)
+    try:
+        subject = envelope_subject(log_stream.subject_prefix, "p")
+        last = (await client.jetstream().publish(subject, data)).seq
+    finally:
+        await client.close()
+    live = await _project(log_stream, last)
+    stats = await rebuild(log_stream, tmp_path / "rebuilt.duckdb", progress=False)
+    assert (stats.checkpoint, stats.applied, stats.quarantined) == (last, len(history) + 1, 2)
+    with DuckDBStore(tmp_path / "rebuilt.duckdb", read_only=True) as rebuilt:
+        assert rebuilt.read_model() == live.read_model()
 
 
 @pytest.mark.anyio
