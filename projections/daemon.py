@@ -60,12 +60,19 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     ``allow_gap``: carry on (counting ``missed``) when messages the read models lack are gone
     from the stream, instead of stopping with :class:`~workledger.core.errors.GapError`.
     ``watch_interval``: how often the stream is checked for deletion and gaps.
+
+    A batch is at most ``max_batch`` messages and about ``max_batch_bytes``; the inbox holds at
+    most ``buffer`` messages and ``buffer_bytes``. Bytes, because one message may be an envelope
+    of thousands of events: counted in messages alone, a batch could hold millions of events and
+    keep the loop from the API and the stream watch for seconds.
     """
 
     log: LogConfig = msgspec.field(default_factory=LogConfig)
     filter_subjects: tuple[str, ...] = ()
     max_batch: int = 5000
+    max_batch_bytes: int = 4 * 1024 * 1024
     buffer: int = 20_000
+    buffer_bytes: int = 64 * 1024 * 1024
     max_event_bytes: int = MAX_EVENT_BYTES
     allow_gap: bool = False
     watch_interval: float = 2.0
@@ -194,6 +201,7 @@ class Projector:
         self.metrics = DaemonMetrics()
         self._progress = anyio.Event()
         self._inbox: deque[Any] = deque()
+        self._inbox_bytes = 0
         self._arrived = anyio.Event()
         self._drained = anyio.Event()
         self._verifier = _verifier(config.log)
@@ -310,21 +318,35 @@ class Projector:
         pile up into large batches while a batch is being applied; a full inbox makes it wait,
         which stops delivery (flow control then holds the rest on the server)."""
         self._inbox.append(msg)
+        self._inbox_bytes += len(msg.data)
         self._received = max(self._received, msg.metadata.sequence.stream)
         self._arrived.set()
-        while len(self._inbox) >= self.config.buffer:
+        config = self.config
+        while len(self._inbox) >= config.buffer or self._inbox_bytes >= config.buffer_bytes:
             await self._drained.wait()
 
     async def _fold(self) -> None:
-        inbox, max_batch = self._inbox, self.config.max_batch
         while True:
             await self._arrived.wait()
             self._arrived = anyio.Event()
-            while inbox:
-                batch = [inbox.popleft() for _ in range(min(len(inbox), max_batch))]
-                await self._apply(batch)
+            while self._inbox:
+                await self._apply(self._take())
                 drained, self._drained = self._drained, anyio.Event()
                 drained.set()
+                await anyio.lowlevel.checkpoint()  # the API and the stream watch run between
+
+    def _take(self) -> list[Any]:
+        """The next batch from the inbox: up to ``max_batch`` messages and about
+        ``max_batch_bytes`` (at least one message, however big)."""
+        inbox, size = self._inbox, 0
+        batch: list[Any] = []
+        max_batch, max_bytes = self.config.max_batch, self.config.max_batch_bytes
+        while inbox and len(batch) < max_batch and size < max_bytes:
+            msg = inbox.popleft()
+            batch.append(msg)
+            size += len(msg.data)
+        self._inbox_bytes -= size
+        return batch
 
     async def _apply(self, messages: list[Any]) -> None:
         """Decode the batch, fold it into the in-memory stores, and hand it to each blocking

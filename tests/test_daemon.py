@@ -270,3 +270,29 @@ def test_querying_unknown_names_does_not_grow_the_store() -> None:
         assert store.task(name) is None
     after = {name: len(value) for name, value in vars(store).items() if hasattr(value, "__len__")}
     assert after == before
+
+
+async def test_batches_are_budgeted_in_bytes_so_envelopes_cannot_make_huge_ones(
+    log_stream: LogConfig,
+) -> None:
+    """A batch stops at ``max_batch_bytes``: each of these envelopes is bigger than the budget,
+    so the daemon applies one message per batch, and still folds every event."""
+    history = fleet_history(600, seed=5)
+    async with Publisher(log_stream, batch_size=100, linger=60) as pub:
+        for event in history:
+            await pub.publish(event)
+        await pub.flush()
+    store = MemoryStore()
+    projector = Projector(ProjectorConfig(log=log_stream, max_batch_bytes=1), [store])
+    async with anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        nc = await connect(log_stream)
+        try:
+            last = int((await nc.jetstream().stream_info(log_stream.stream)).state.last_seq)
+        finally:
+            await nc.close()
+        assert await projector.wait_for(last, timeout=30)
+        tg.cancel_scope.cancel()
+    assert last < len(history), "the events travelled in envelopes"
+    assert projector.metrics.batches == last, "one message per batch"
+    assert store.read_model() == fold(history).read_model()
