@@ -18,7 +18,7 @@ The fleet keeps its own rules, so its output doubles as a check of the read mode
 never holds more tasks than its slots, a pool or queue never more than its concurrency limit, a
 paused pool claims nothing, and a draining worker stops only once idle.
 
-Why it is fast enough for 10M events (~200k events per CPU second at 200 workers, ~130k at
+Why it is fast enough for 10M events (~200k events per CPU second at 200 workers, 110-130k at
 100k workers; ``benchmarks/workload.py``): free slots are indexed per (queue, task key) class,
 so a claim costs O(1) whatever the fleet's size; backlogs are heaps per class with lazy
 deletion; scheduled actions are plain tuples ``(time, tick, action, subject, epoch)`` kept in
