@@ -6,8 +6,9 @@ What a client receives, in order:
   ``retry`` hint; a client that publishes after this sees its events.
 - ``event: gap`` (data: ``{"after": A, "until": U}``) when resuming after a sequence the ring
   no longer holds: events in ``(A, U]`` were missed, so re-query the JSON API.
-- One message per applied event, ``id`` = stream sequence, data = a
-  :class:`~workledger.projections.feed.FeedItem` as JSON.
+- One message per applied event, data = a :class:`~workledger.projections.feed.FeedItem` as
+  JSON; ``id`` = its stream sequence, set on the last event of each sequence only (the events
+  of an envelope share one), so resuming never skips part of an envelope.
 - ``: keep-alive`` comments every ``heartbeat`` seconds, so proxies keep the stream open
   (and a vanished client is noticed when the write fails).
 - ``event: lagged`` (data: ``{"last_seq": N}``) and the end of the stream, when the client fell
@@ -127,9 +128,12 @@ async def _items(
         if not events:
             yield ServerSentEventMessage(comment="keep-alive", data=None)
             continue
-        for event in events:
+        for i, event in enumerate(events):
             data = msgspec.json.encode(feed.item(event)).decode()
-            yield ServerSentEventMessage(data=data, id=event.seq)
+            # The events of one envelope share a sequence: only the last one carries the id, so
+            # a browser resuming from Last-Event-ID never skips the rest of an envelope.
+            whole = i + 1 == len(events) or events[i + 1].seq != event.seq
+            yield ServerSentEventMessage(data=data, id=event.seq if whole else None)
         last = events[-1].seq
         await anyio.lowlevel.checkpoint()  # let the fold run between chunks of a backlog
 

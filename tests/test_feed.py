@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -310,6 +311,26 @@ def test_the_daemon_streams_filtered_events_in_order_as_server_sent_events(
     ]
     assert items[2]["view"]["status"] == "COMPLETED"
     assert (items[2]["worker"], items[2]["queue"]) == ("w1", "ingest")
+
+
+def test_only_the_last_event_of_an_envelope_carries_the_sse_id(
+    log_stream: LogConfig, tmp_path: Path
+) -> None:
+    """Events of one envelope share a sequence; an id on the first would let a client that
+    resumes from it skip the rest, so only the last one has it."""
+    story = [
+        ev.WorkerStarted(worker=f"w{i}", pool="etl", at=datetime(2026, 1, 1, tzinfo=UTC))
+        for i in range(3)
+    ]
+    with daemon(log_stream, tmp_path) as (_, api), feed(api, pool="etl") as got:
+        with SyncPublisher(log_stream, batch_size=3, linger=60) as pub:
+            for event in story:
+                pub.publish(event)
+            pub.flush()
+        messages = list(islice((m for m in got if m.event == "message"), len(story)))
+    seqs = {json.loads(m.data)["seq"] for m in messages}
+    assert len(seqs) == 1, "one envelope, one sequence"
+    assert [m.id for m in messages] == [None, None, str(seqs.pop())]
 
 
 def test_a_client_resumes_after_a_sequence_with_last_event_id_or_after(
