@@ -90,6 +90,26 @@ def _apply(store: MemoryStore, batch: list[Sequenced]) -> float:
     return time.perf_counter() - began
 
 
+def _heartbeats(store: MemoryStore, count: int) -> float:
+    """Heartbeats/s folded when each names another worker: what re-indexing a worker costs."""
+    seq = store.stats().checkpoint
+    beats = [
+        Sequenced(
+            seq + i + 1,
+            "",
+            ev.WorkerHeartbeat(
+                id=f"hb{i}",
+                at=NOW + timedelta(milliseconds=i),
+                worker=f"w{i}",
+                pool=f"p{i % _POOLS}",
+            ),
+        )
+        for i in range(count)
+    ]
+    seconds = sum(_apply(store, beats[i : i + _BATCH]) for i in range(0, count, _BATCH))
+    return count / seconds
+
+
 def _latency(samples: int, query: Callable[[int], object]) -> tuple[float, float]:
     """p50 and p99 in milliseconds of ``samples`` calls (sample i gets argument i)."""
     query(0)  # warm: a lazy store may compute what it deferred on the first read
@@ -145,6 +165,7 @@ def figures(
         p50, p99 = _latency(max(samples // share, 3), query)
         found[f"{name}: p50 ms"] = p50
         found[f"{name}: p99 ms"] = p99
+    found["apply: heartbeats of distinct workers/s"] = _heartbeats(store, min(workers, 20_000))
     return found
 
 
