@@ -260,6 +260,8 @@ class Projector:
                 task_status.started()
         finally:
             self.metrics.connected = False
+            for lane in self._lanes:
+                lane.close()
             with anyio.CancelScope(shield=True):
                 await nc.close()
 
@@ -432,8 +434,13 @@ class _Lane:
         await self._send.send(batch)
 
     async def run(self, settled: Callable[[], None]) -> None:
-        with self._send, self._receive:
-            async for batch in self._receive:
-                await anyio.to_thread.run_sync(self.store.apply, batch)
-                self.applied = max(self.applied, batch.last_seq)
-                settled()
+        async for batch in self._receive:
+            await anyio.to_thread.run_sync(self.store.apply, batch)
+            self.applied = max(self.applied, batch.last_seq)
+            settled()
+
+    def close(self) -> None:
+        """Once the daemon's tasks are done: closing while they run would add a closed-stream
+        error to the store's own (a full disk must stop the daemon with one clear error)."""
+        self._send.close()
+        self._receive.close()
