@@ -27,6 +27,7 @@ import msgspec
 
 from workledger.core import codec
 from workledger.core import events as ev
+from workledger.projections.fold import Ledger
 from workledger.stores.base import Batch, Sequenced
 from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
@@ -118,6 +119,17 @@ def bench_decode(items: list[ev.Event], repeat: int) -> dict[str, float]:
     }
 
 
+def bench_fold_ledger(items: list[ev.Event], repeat: int) -> dict[str, float]:
+    """The fold alone, ``Ledger.apply`` per event: the rules without a store's indexes."""
+
+    def fold() -> None:
+        ledger = Ledger()
+        for event in items:
+            ledger.apply(event)
+
+    return {"fold ledger": median_rate(len(items), repeat, fold)}
+
+
 def bench_fold_memory(items: list[ev.Event], repeat: int) -> dict[str, float]:
     """``MemoryStore.apply`` in daemon-sized batches (events/s)."""
     chunks = batches(sequenced(items))
@@ -153,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     items = history(args.events)
     print(f"{args.events} events from {source()}, median of {args.repeat} runs")
-    for bench in (bench_decode, bench_fold_memory, bench_fold_duckdb):
+    for bench in (bench_decode, bench_fold_ledger, bench_fold_memory, bench_fold_duckdb):
         for name, rate in bench(items, args.repeat).items():
             print(f"  {name:<16} {rate:>12,.0f} events/s")
 
