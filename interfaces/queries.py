@@ -27,13 +27,12 @@ from workledger.projections.views import (
     WorkerStatus,
     WorkerWithStatus,
 )
-from workledger.readiness import PoolStatus, QueueStatus, readiness
+from workledger.readiness import PoolStatus, QueueStatus, store_readiness
 from workledger.stores.base import Store
 
 __all__ = ["Health", "Queries", "Slots", "store_name"]
 
 _ALL = sys.maxsize  # a limit that keeps everything
-_UNFINISHED = [s for s in TaskStatus if not s.terminal]
 _FINISHED = [s for s in TaskStatus if s.terminal]
 
 
@@ -155,17 +154,8 @@ class Queries:
         return self._readiness(pool=pool)[1]
 
     def _readiness(self, *, pool: str | None) -> tuple[list[PoolStatus], list[QueueStatus]]:
-        """See :mod:`workledger.readiness`; unfinished tasks name pools and queues too."""
-        store = self.store
-        unfinished = [t for s in _UNFINISHED for t in store.tasks(status=s, pool=pool, limit=_ALL)]
-        pools, queues = readiness(
-            pools=[p for p in store.pools() if pool is None or p.pool == pool],
-            queues=store.queues(pool=pool),
-            workers=self.workers(pool=pool),
-            counts=store.slot_counts(pool=pool),
-            named=[(t.pool, t.queue) for t in unfinished if t.pool is not None],
-        )
-        return pools, queues
+        """See :mod:`workledger.readiness` (the in-memory store answers from its indexes)."""
+        return store_readiness(self.store, now=self.clock(), multiplier=self.multiplier, pool=pool)
 
     def quarantined(
         self, *, limit: int = 100, after_seq: int | None = None, before_seq: int | None = None
