@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import nats.js.errors
 from anyio.abc import TaskStatus
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
@@ -31,7 +32,7 @@ from workledger.core.codec import (
     stamp,
     unpack,
 )
-from workledger.core.errors import InvalidEventError
+from workledger.core.errors import InvalidEventError, LogError
 from workledger.core.events import MAX_EVENT_BYTES, Event
 from workledger.core.log import LogConfig, connect, encode_token, ensure_stream, envelope_pool
 from workledger.core.signing import Verifier, load_verifier
@@ -206,6 +207,7 @@ class Projector:
         self._drained = anyio.Event()
         self._verifier = _verifier(config.log)
         self._client: Any = None  # the NATS client while running
+        self._js: Any = None
         self._received = 0  # the highest stream sequence delivered so far
         self._stream_last = 0  # the stream's last sequence when last looked at
         self._missed_upto = 0  # gaps up to here are already counted (allow_gap)
@@ -245,7 +247,7 @@ class Projector:
         """Connect, ensure the stream, and fold until cancelled."""
         nc = self._client = await connect(self.config.log)
         try:
-            js = nc.jetstream()
+            js = self._js = nc.jetstream()
             await ensure_stream(js, self.config.log)
             self._received = self._dispatched = self.checkpoint
             await self._check_stream(js)
@@ -313,6 +315,12 @@ class Projector:
             ordered_consumer=True,
             config=consumer,
             cb=self._receive,
+            # nats-py drops messages past its pending limits ("slow consumer") *after* noting
+            # their sequence, so the ordered consumer never re-fetches them: a catch-up of
+            # envelopes lost messages that way while the fold was busy. Without limits nothing
+            # is dropped; the inbox's bound and JetStream flow control hold the rest back.
+            pending_msgs_limit=0,
+            pending_bytes_limit=0,
         )
 
     async def _receive(self, msg: Any) -> None:
@@ -359,7 +367,10 @@ class Projector:
             return  # a redelivery after a consumer reset: already applied
         if not self.config.filter_subjects:
             after = max(done, self._missed_upto)
-            for gap in _position.skipped(after, [m.metadata.sequence.stream for m in fresh]):
+            gaps = _position.skipped(after, [m.metadata.sequence.stream for m in fresh])
+            if gaps:
+                await self._not_dropped(gaps[0])
+            for gap in gaps:
                 self._gap(gap)
         batch = to_batch(
             fresh,
@@ -376,6 +387,20 @@ class Projector:
         for lane in self._lanes:
             await lane.send(batch)
         self._settle()
+
+    async def _not_dropped(self, gap: tuple[int, int]) -> None:
+        """A hole in the delivered sequences must be messages gone from the stream. If the
+        stream still has them, the client lost them on the way: stop, never count them as
+        missed (a restart resumes from the checkpoint, before the hole)."""
+        try:
+            await self._js.get_msg(self.config.log.stream, gap[0])
+        except nats.js.errors.NotFoundError:
+            return
+        raise LogError(
+            f"stream {self.config.log.stream!r} holds message {gap[0]} but it was not delivered "
+            f"(messages {gap[0]}..{gap[1]} skipped by the client); restart the daemon: it "
+            "resumes from its checkpoint"
+        )
 
     def _settle(self) -> None:
         """Account for, announce and wake waiters on every batch all stores now hold, in order."""
