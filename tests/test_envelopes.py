@@ -52,31 +52,12 @@ from workledger.stores.memory import MemoryStore
 
 from .conftest import run_in_thread
 from .histories import fleet_history, histories
-from .test_fuzz import _damage, _tweak, _valid
+from .test_fuzz import FakeMsg, _damage, _Meta, _Sequence, _tweak, _valid
 from .test_publisher import _one_of_each
 
 STREAM = "ENV"
 PREFIX = "wl"
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
-
-
-class _Sequence(NamedTuple):
-    stream: int
-
-
-class _Meta(NamedTuple):
-    sequence: _Sequence
-    timestamp: datetime
-    num_pending: int
-
-
-class FakeMsg(NamedTuple):
-    """What ``to_batch`` reads from a nats-py JetStream message."""
-
-    subject: str
-    data: bytes
-    metadata: _Meta
-    headers: dict[str, str] | None = None
 
 
 def _msg(seq: int, subject: str, data: bytes) -> FakeMsg:

@@ -381,6 +381,9 @@ def test_a_subscriber_that_never_reads_does_not_stall_the_daemon(
     history = fleet_history(30_000, seed=7)
     with daemon(log_stream, tmp_path) as (_, api):
         stuck = _silent_subscriber(api)
+        # Subscribed before anything is published: a feed joined late, after the last batch,
+        # would have nothing to fall behind on.
+        assert b"event: ready" in _read_until(stuck, b"event: ready", time.monotonic() + 20)
         with SyncPublisher(log_stream) as pub:
             for event in history:
                 pub.publish(event)
@@ -406,7 +409,7 @@ def _read_until(sock: socket.socket, marker: bytes, deadline: float) -> bytes:
     sock.settimeout(5)
     tail = b""
     while marker not in tail:
-        assert time.monotonic() < deadline, "no lagged notice"
+        assert time.monotonic() < deadline, f"no {marker!r}"
         chunk = sock.recv(1 << 16)
         assert chunk, "the daemon closed the stream without a lagged notice"
         tail = tail[-64:] + chunk

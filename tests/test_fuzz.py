@@ -59,6 +59,7 @@ class FakeMsg(NamedTuple):
     subject: str
     data: bytes
     metadata: _Meta
+    headers: dict[str, str] | None = None
 
 
 def message(seq: int, data: bytes) -> FakeMsg:
