@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -379,8 +379,10 @@ def test_a_subscriber_that_never_reads_does_not_stall_the_daemon(
     """The checkpoint keeps advancing while one client reads nothing; that client is told it
     lagged once it reads again."""
     history = fleet_history(30_000, seed=7)
-    with daemon(log_stream, tmp_path) as (_, api):
-        stuck = _silent_subscriber(api)
+    with (
+        daemon(log_stream, tmp_path) as (_, api),
+        closing(_silent_subscriber(api)) as stuck,  # closed even when the test fails
+    ):
         # Subscribed before anything is published: a feed joined late, after the last batch,
         # would have nothing to fall behind on.
         assert b"event: ready" in _read_until(stuck, b"event: ready", time.monotonic() + 20)
@@ -392,7 +394,6 @@ def test_a_subscriber_that_never_reads_does_not_stall_the_daemon(
         ).json()
         assert health["checkpoint"] == len(history)
         assert b"event: lagged" in _read_until(stuck, b"event: lagged", time.monotonic() + 60)
-        stuck.close()
 
 
 def _silent_subscriber(api: str) -> socket.socket:
