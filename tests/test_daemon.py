@@ -6,12 +6,14 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import anyio
 import pytest
 
 from workledger.core import codec
 from workledger.core import events as ev
+from workledger.core.errors import LogError
 from workledger.core.log import LogConfig, connect, subject_for
 from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Publisher
@@ -296,3 +298,46 @@ async def test_batches_are_budgeted_in_bytes_so_envelopes_cannot_make_huge_ones(
     assert last < len(history), "the events travelled in envelopes"
     assert projector.metrics.batches == last, "one message per batch"
     assert store.read_model() == fold(history).read_model()
+
+
+async def _stored_messages(nc: Any, config: LogConfig, count: int) -> list[Any]:
+    """The first ``count`` messages of the stream as nats-py delivers them to the daemon."""
+    got: list[Any] = []
+    arrived = anyio.Event()
+
+    async def keep(msg: Any) -> None:
+        got.append(msg)
+        if len(got) == count:
+            arrived.set()
+
+    sub = await nc.jetstream().subscribe(
+        f"{config.subject_prefix}.>", stream=config.stream, ordered_consumer=True, cb=keep
+    )
+    with anyio.fail_after(10):
+        await arrived.wait()
+    await sub.unsubscribe()
+    return got
+
+
+async def test_a_hole_the_stream_still_holds_stops_the_daemon_instead_of_counting_a_loss(
+    log_stream: LogConfig,
+) -> None:
+    """Messages a client lost on the way (nats-py drops a 'slow consumer's') must never pass for
+    messages gone from the stream: even with allow_gap, such a hole is an error. A hole the
+    stream really lacks is counted as missed, as before."""
+    last = await publish(log_stream, fleet_history(5, seed=3))
+    nc = await connect(log_stream)
+    try:
+        messages = await _stored_messages(nc, log_stream, last)
+        holey = messages[:2] + messages[3:]  # message 3 skipped, though the stream has it
+        projector = Projector(ProjectorConfig(log=log_stream, allow_gap=True), [MemoryStore()])
+        projector._js = nc.jetstream()
+        with pytest.raises(LogError, match="holds message 3 but it was not delivered"):
+            await projector._apply(holey)
+        assert projector.metrics.missed == 0
+        await nc.jetstream().delete_msg(log_stream.stream, 3)
+        await projector._apply(holey)
+        assert projector.metrics.missed == 1
+        assert projector.checkpoint == last
+    finally:
+        await nc.close()
