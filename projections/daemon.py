@@ -212,7 +212,8 @@ class Projector:
         self._stream_last = 0  # the stream's last sequence when last looked at
         self._missed_upto = 0  # gaps up to here are already counted (allow_gap)
         self._dispatched = 0  # the highest stream sequence handed to the stores
-        self._lanes: list[_Lane] = []  # one per blocking store, while running
+        self._inline = [s for s in self.stores if not getattr(s, "blocking", False)]
+        self._lanes: list[_Lane] = []  # one per store that does I/O, while running
         self._unsettled: deque[_Dispatched] = deque()  # handed on, not yet in every store
         self.listeners: list[Listener] = []
 
@@ -252,7 +253,7 @@ class Projector:
             self._received = self._dispatched = self.checkpoint
             await self._check_stream(js)
             self.metrics.connected = True
-            self._lanes = [_Lane(s) for s in self.stores if getattr(s, "blocking", False)]
+            self._lanes = [_Lane(s) for s in self.stores if s not in self._inline]
             async with _groups.plain_errors(), anyio.create_task_group() as tg:
                 for lane in self._lanes:
                     tg.start_soon(lane.run, self._settle)
@@ -380,9 +381,8 @@ class Projector:
         )
         self._dispatched = batch.last_seq
         began = time.perf_counter()
-        for store in self.stores:
-            if not getattr(store, "blocking", False):
-                store.apply(batch)  # each store skips what it already has
+        for store in self._inline:
+            store.apply(batch)  # each store skips what it already has
         self._unsettled.append(_Dispatched(batch, fresh[-1], began))
         for lane in self._lanes:
             await lane.send(batch)
