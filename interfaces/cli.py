@@ -26,10 +26,10 @@ from workledger._reliability_options import (
     reliability_options,
 )
 from workledger.cli_bridge import bridge_command
-from workledger.cli_pools import api_token, api_token_option, pools_command
+from workledger.cli_pools import api_options, api_token, pools_command
 from workledger.cli_tail import tail_command
 from workledger.cli_utilization import utilization_command
-from workledger.client import DEFAULT_API, Client
+from workledger.client import Client
 from workledger.core.codec import decode
 from workledger.core.errors import InvalidEventError, WorkledgerError
 from workledger.core.events import Event
@@ -51,14 +51,7 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 def _api_option(func: _F) -> _F:
     func = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(func)
-    func = api_token_option(func)
-    return click.option(
-        "--api",
-        default=DEFAULT_API,
-        envvar="WORKLEDGER_API",
-        show_default=True,
-        help="Base URL of a running daemon.",
-    )(func)
+    return api_options(func)
 
 
 @click.group()

@@ -21,7 +21,7 @@ from workledger.core.errors import WorkledgerError
 from workledger.readiness import PoolStatus, QueueStatus, Readiness
 from workledger.render import print_json
 
-__all__ = ["api_token", "api_token_option", "pools_command"]
+__all__ = ["api_options", "api_token", "api_token_option", "pools_command"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _META = "workledger.api_token"
@@ -45,6 +45,19 @@ def api_token_option(func: _F) -> _F:
     )(func)
 
 
+def api_options(func: _F) -> _F:
+    """``--api`` and ``--api-token``: which daemon to ask, and its bearer token if it has one.
+    A command reads the token with :func:`api_token`."""
+    func = api_token_option(func)
+    return click.option(
+        "--api",
+        default=DEFAULT_API,
+        envvar="WORKLEDGER_API",
+        show_default=True,
+        help="Base URL of a running daemon.",
+    )(func)
+
+
 def api_token() -> str | None:
     """The running command's ``--api-token``, if given."""
     ctx = click.get_current_context(silent=True)
@@ -54,14 +67,7 @@ def api_token() -> str | None:
 @click.command("pools")
 @click.option("--pool", help="Only this pool (and its queues).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@api_token_option
-@click.option(
-    "--api",
-    default=DEFAULT_API,
-    envvar="WORKLEDGER_API",
-    show_default=True,
-    help="Base URL of a running daemon.",
-)
+@api_options
 def pools_command(*, pool: str | None, as_json: bool, api: str) -> None:
     """Pools and queues: READY (a worker ONLINE), NOT_READY or PAUSED; workers and slots."""
     try:

@@ -21,8 +21,8 @@ import click
 import httpx
 import msgspec
 
-from workledger.cli_pools import api_token, api_token_option
-from workledger.client import DEFAULT_API, auth_headers
+from workledger.cli_pools import api_options, api_token
+from workledger.client import auth_headers
 from workledger.core.events import event_types
 
 __all__ = ["tail_command"]
@@ -221,14 +221,7 @@ def _types(_ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) 
 )
 @click.option("--after", type=click.IntRange(min=0), help="First replay events after this seq.")
 @click.option("--json", "as_json", is_flag=True, help="Raw feed items, one JSON per line.")
-@api_token_option
-@click.option(
-    "--api",
-    default=DEFAULT_API,
-    envvar="WORKLEDGER_API",
-    show_default=True,
-    help="Base URL of a running daemon.",
-)
+@api_options
 def tail_command(
     *,
     pool: str | None,

@@ -13,7 +13,8 @@ from typing import cast
 
 import click
 
-from workledger.client import DEFAULT_API, Client
+from workledger.cli_pools import api_options, api_token
+from workledger.client import Client
 from workledger.core.errors import WorkledgerError
 from workledger.projections.utilization import GROUPINGS, Grouping, parse_bucket, parse_time
 from workledger.render import print_json, print_utilization
@@ -55,13 +56,7 @@ _time = _check(lambda text: parse_time(text, datetime.now(UTC)))
     help="A row per 1m, 5m, 1h, 1d... (default: one row for the whole window).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option(
-    "--api",
-    default=DEFAULT_API,
-    envvar="WORKLEDGER_API",
-    show_default=True,
-    help="Base URL of a running daemon.",
-)
+@api_options
 def utilization_command(
     *,
     by: str,
@@ -73,7 +68,7 @@ def utilization_command(
 ) -> None:
     """Busy time over capacity, throughput, run times and success rate, per group and bucket."""
     try:
-        with Client(api) as client:
+        with Client(api, token=api_token()) as client:
             grouping = cast(Grouping, by)  # click.Choice allowed only these
             rows = client.utilization(by=grouping, since=since, until=until, bucket=bucket)
     except WorkledgerError as exc:

@@ -373,6 +373,9 @@ def test_the_cli_shows_pools_and_queues_with_status_and_sends_the_token(
             "t0ken",
         )
         assert '"worker": "us"' in labelled.stdout, labelled.stderr
+        for argv in (("utilization", "--by", "pool", "--json"), ("pools", "--json")):
+            answered = workledger(*argv, "--api", client.base_url, "--api-token", "t0ken")
+            assert answered.returncode == 0, answered.stderr  # every API command takes it
     assert "WORKLEDGER_API_TOKEN" not in os.environ
 
 
