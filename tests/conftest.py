@@ -115,18 +115,23 @@ async def _create_stream(config: LogConfig) -> None:
         await client.close()
 
 
-async def read_all(config: LogConfig) -> list[StoredMessage]:
-    """Read the whole stream through an ordered consumer."""
+async def read_raw(config: LogConfig) -> list[Any]:
+    """Every message of the stream as nats-py delivers it to a daemon (ordered consumer)."""
     client = await connect(config)
     try:
         js = client.jetstream()
         total = (await stream_info(js, config)).state.messages
         sub = await js.subscribe(config.subjects, ordered_consumer=True, stream=config.stream)
-        messages = [_stored(await sub.next_msg(timeout=5)) for _ in range(total)]
+        messages = [await sub.next_msg(timeout=5) for _ in range(total)]
         await sub.unsubscribe()
         return messages
     finally:
         await client.close()
+
+
+async def read_all(config: LogConfig) -> list[StoredMessage]:
+    """Read the whole stream, one event per message."""
+    return [_stored(msg) for msg in await read_raw(config)]
 
 
 def _stored(msg: Any) -> StoredMessage:

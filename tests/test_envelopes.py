@@ -38,7 +38,6 @@ from workledger.core.log import (
     ensure_stream,
     envelope_pool,
     envelope_subject,
-    stream_info,
     subject_for,
 )
 from workledger.core.nats_server import EmbeddedNats
@@ -50,7 +49,7 @@ from workledger.stores.base import ReadModel, Sequenced
 from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
 
-from .conftest import run_in_thread
+from .conftest import read_raw, run_in_thread
 from .histories import fleet_history, histories
 from .test_fuzz import FakeMsg, _damage, _Meta, _Sequence, _tweak, _valid
 from .test_publisher import _one_of_each
@@ -297,16 +296,7 @@ class Stored(NamedTuple):
 
 async def read_messages(config: LogConfig) -> list[Stored]:
     """Every message in the stream, each with the events it carries."""
-    client = await connect(config)
-    try:
-        js = client.jetstream()
-        total = (await stream_info(js, config)).state.messages
-        sub = await js.subscribe(config.subjects, ordered_consumer=True, stream=config.stream)
-        stored = [_unpacked(await sub.next_msg(timeout=5)) for _ in range(total)]
-        await sub.unsubscribe()
-        return stored
-    finally:
-        await client.close()
+    return [_unpacked(msg) for msg in await read_raw(config)]
 
 
 def _unpacked(msg: Any) -> Stored:
