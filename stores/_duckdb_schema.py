@@ -35,7 +35,7 @@ __all__ = [
     "Table",
 ]
 
-SCHEMA_VERSION = 3  # 2: workers.lost; 3: events.idx, batch_seq, no primary keys
+SCHEMA_VERSION = 4  # 2: workers.lost; 3: events.idx, batch_seq, no primary keys; 4: materialized
 
 
 class _Type(NamedTuple):
@@ -246,6 +246,7 @@ CHECKPOINT = Table(
         "applied": _BIGINT,
         "quarantined": _BIGINT,
         "schema_version": _INT,
+        "materialized": _BIGINT,
     },
 )
 

@@ -1,10 +1,13 @@
 """The DuckDB store: the durable read model analysts query with SQL.
 
 Batches are folded by the same :class:`~workledger.projections.fold.Ledger` as the in-memory
-store (one implementation of the rules); the rows it produces for the touched tasks, workers,
-pools and queues replace the old ones, and the raw events, the fold's retained events and the
-checkpoint are written in the same DuckDB transaction. Reopening the file restores the Ledger
-from the ``fold_state`` table, so a restart replays nothing it already has.
+store (one implementation of the rules). Each batch commits its raw events and the checkpoint:
+that is what makes it durable. The derived tables (the rows of every task, worker, pool and
+queue, with the fold's retained events in ``fold_state``) are written behind, at most once a
+``materialize_every`` seconds and before any read, copy or close: an entity touched by many
+events between two of those is written once, which is most of what a write used to cost.
+Reopening the file restores the Ledger from ``fold_state`` and folds the events committed after
+it (``checkpoint.materialized``), so a restart replays nothing from the stream it already has.
 
 Queries are SQL over the tables and views of :mod:`workledger.stores._duckdb_schema`; worker
 liveness is the one rule of :mod:`workledger.projections.liveness`, applied to the fetched rows.
@@ -18,6 +21,7 @@ one between two batches (see :mod:`workledger.stores._duckdb_copy` and ``docs/an
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
@@ -52,12 +56,13 @@ from workledger.stores import _duckdb_rows as rows
 from workledger.stores import _duckdb_schema as schema
 from workledger.stores._duckdb_copy import publish_copy
 from workledger.stores._duckdb_utilization import utilization_sql
-from workledger.stores.base import Batch, ReadModel, Sequenced, StoreStats
+from workledger.stores.base import Batch, ReadModel, StoreStats
 
 __all__ = ["DuckDBStore", "check_unlocked"]
 
 _S = TypeVar("_S")
 _events = msgspec.msgpack.Decoder(list[EventType])
+_payload = msgspec.json.Decoder(EventType)
 _queue_key = msgspec.json.Decoder(tuple[str, str])
 
 
@@ -66,9 +71,12 @@ class DuckDBStore:
 
     blocking = True  # the daemon runs ``apply`` in a worker thread
 
-    def __init__(self, path: Path | str, *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: Path | str, *, read_only: bool = False, materialize_every: float = 1.0
+    ) -> None:
         self.path = Path(path)
         self.read_only = read_only
+        self.materialize_every = materialize_every
         self._db = _connect(self.path, read_only)
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._local = threading.local()
@@ -78,12 +86,14 @@ class DuckDBStore:
         # The batch_seq of each entity's rows in the file, by family: where deletes look.
         self._written: dict[str, dict[Any, int]] = {f: {} for f in _FAMILY_TABLES}
         self._closed = False
+        self._due = 0.0  # time.monotonic() when the derived tables are next written
         try:
             with self._translated("open"):
                 if not read_only:
                     _create_schema(self._cursor())
-                self._stats = self._read_stats()
-                self._restore()
+                self._stats, self._materialized = self._read_stats()
+                if not read_only:  # read-only queries read the tables, never the Ledger
+                    self._restore()
         except BaseException:
             self._release()
             raise
@@ -99,6 +109,8 @@ class DuckDBStore:
             return
         try:
             if not self.read_only:
+                with self._writing:
+                    self._materialize()
                 with self._translated("checkpoint"):
                     self._cursor().execute("CHECKPOINT")
         finally:
@@ -126,10 +138,10 @@ class DuckDBStore:
     # --- writes ------------------------------------------------------------------------------
 
     def apply(self, batch: Batch) -> None:
-        """Fold, then write everything the batch changed in one transaction.
+        """Fold, then commit the batch's events and checkpoint (and the derived rows when due).
 
-        Events at or below the checkpoint are skipped. If the write fails, the fold's record
-        of touched entities is kept, so the next batch rewrites them too.
+        Events at or below the checkpoint are skipped. If the write fails, the file is as it
+        was and the Ledger is folded again from it, so a retried batch applies cleanly.
         """
         if self.read_only:
             raise StoreError(f"DuckDB file {self.path} is open read-only")
@@ -144,18 +156,70 @@ class DuckDBStore:
         held = [q for q in batch.quarantined if q.seq > done]
         for item in fresh:
             self._ledger.apply(item.event)
-        write = self._batch_write(fresh, held, batch.last_seq)
-        with self._translated(f"write the batch up to sequence {batch.last_seq}"):
-            _write(self._cursor(), write)
-        for family, keys in self._touched().items():
-            self._written[family].update(dict.fromkeys(keys, batch.last_seq))
-        self._ledger.changes.clear()
+        write = _Write(batch.last_seq, applied=len(fresh), quarantined=len(held))
+        write.insert(schema.EVENTS, rows.event_table(fresh))
+        write.insert(schema.QUARANTINED, rows.quarantined_table(held))
+        due = time.monotonic() >= self._due
+        if due:
+            self._derive(write)
+        started = time.monotonic()
+        try:
+            with self._translated(f"write the batch up to sequence {batch.last_seq}"):
+                _write(self._cursor(), write)
+        except BaseException:
+            self._refold()
+            raise
+        if due:
+            self._derived(write, started)
         s = self._stats
         self._stats = StoreStats(
             checkpoint=batch.last_seq,
             applied=s.applied + len(fresh),
             quarantined=s.quarantined + len(held),
         )
+
+    def _materialize(self) -> None:
+        """Write the derived rows of everything folded since they were last written.
+
+        The caller holds ``_writing``. On failure the Ledger keeps its record of what changed,
+        so the next attempt writes it all.
+        """
+        if self._materialized == self._stats.checkpoint:
+            return
+        write = _Write(self._stats.checkpoint, applied=0, quarantined=0)
+        self._derive(write)
+        started = time.monotonic()
+        with self._translated(f"write the tables up to sequence {write.last_seq}"):
+            _write(self._cursor(), write)
+        self._derived(write, started)
+
+    def _current(self) -> None:
+        """Before a read: bring the derived tables up to the checkpoint."""
+        if not self.read_only and self._materialized != self._stats.checkpoint:
+            with self._writing:
+                self._materialize()
+
+    def _derived(self, write: _Write, started: float) -> None:
+        """Record a committed write of the derived rows; schedule the next.
+
+        The next comes ``materialize_every`` seconds later, or three times as long as this one
+        took if that is longer, so writing behind never takes more than about a quarter of
+        the time however much changes (a rebuild's catch-up). ``materialize_every=0`` writes
+        them with every batch.
+        """
+        now = time.monotonic()
+        for family, keys in self._touched().items():
+            self._written[family].update(dict.fromkeys(keys, write.last_seq))
+        self._ledger.changes.clear()
+        self._materialized = write.last_seq
+        if self.materialize_every > 0:
+            self._due = now + max(self.materialize_every, 3 * (now - started))
+
+    def _refold(self) -> None:
+        """After a failed write the Ledger is ahead of the file: fold it again from the file."""
+        self._ledger = Ledger()
+        self._written = {f: {} for f in _FAMILY_TABLES}
+        self._restore()
 
     def publish(self, target: Path) -> StoreStats:
         """Write a copy of the file as of the last committed batch to ``target``, atomically.
@@ -170,6 +234,7 @@ class DuckDBStore:
             raise StoreError(f"DuckDB file {self.path} is open read-only")
         action = f"publish a copy to {target}"
         with self._writing, self._translated(action):
+            self._materialize()
             stats = self._stats
             try:
                 publish_copy(self._cursor(), self.path, target)
@@ -177,16 +242,14 @@ class DuckDBStore:
                 raise StoreError(f"DuckDB file {self.path}: cannot {action}: {exc}") from exc
             return stats
 
-    def _batch_write(
-        self, fresh: Sequence[Sequenced], held: Sequence[Quarantined], last_seq: int
-    ) -> _Write:
-        """What the batch writes: Arrow tables and the SQL that moves them, in order.
+    def _derive(self, write: _Write) -> None:
+        """Add to ``write`` the derived rows of every entity changed since the last time.
 
         Each touched entity's old rows are deleted through the ``batch_seq`` that wrote them
-        (kept in ``_written``), so a delete reads only those batches' row groups.
+        (kept in ``_written``), so a delete reads only those writes' row groups.
         """
+        write.materialized = write.last_seq
         ledger, changes = self._ledger, self._ledger.changes
-        write = _Write(last_seq, applied=len(fresh), quarantined=len(held))
         old_state: list[pa.Table] = []
         for family, keys in self._touched().items():
             old = self._old(family, keys)
@@ -214,9 +277,6 @@ class DuckDBStore:
         ):
             write.insert(table, rows.struct_table(table, views))
         write.insert(schema.FOLD_STATE, rows.fold_state_table(ledger, changes))
-        write.insert(schema.EVENTS, rows.event_table(fresh))
-        write.insert(schema.QUARANTINED, rows.quarantined_table(held))
-        return write
 
     def _touched(self) -> dict[str, Collection[Any]]:
         changes = self._ledger.changes
@@ -324,8 +384,9 @@ class DuckDBStore:
 
     def quarantined(self, *, limit: int = 100) -> list[Quarantined]:
         # Several bad events of one envelope share a seq; they keep the order they came in.
-        sql = "SELECT * FROM quarantined ORDER BY seq DESC, rowid LIMIT ?"
-        return self._select(Quarantined, sql, [max(limit, 0)])
+        # Up to the checkpoint: read-only after a kill, the stats are the derived tables'.
+        sql = "SELECT * FROM quarantined WHERE seq <= ? ORDER BY seq DESC, rowid LIMIT ?"
+        return self._select(Quarantined, sql, [self._stats.checkpoint, max(limit, 0)])
 
     def read_model(self) -> ReadModel:
         return ReadModel(
@@ -333,7 +394,11 @@ class DuckDBStore:
             workers=self._select(WorkerView, "SELECT * FROM workers ORDER BY worker"),
             pools=self.pools(),
             queues=self.queues(),
-            quarantined=self._select(Quarantined, "SELECT * FROM quarantined ORDER BY seq, rowid"),
+            quarantined=self._select(
+                Quarantined,
+                "SELECT * FROM quarantined WHERE seq <= ? ORDER BY seq, rowid",
+                [self._stats.checkpoint],
+            ),
             intervals=list(self.slot_intervals()),
             sessions=list(self.worker_sessions()),
         )
@@ -363,6 +428,7 @@ class DuckDBStore:
         multiplier: float = DEFAULT_MULTIPLIER,
     ) -> list[UtilizationRow]:
         """One SQL query over ``slot_intervals`` and ``worker_sessions``; nothing loaded."""
+        self._current()
         with self._translated("compute utilization"):
             return utilization_sql(
                 self._cursor(),
@@ -380,6 +446,7 @@ class DuckDBStore:
         return msgspec.convert(self._dicts(sql, params), list[kind])  # type: ignore[valid-type]
 
     def _dicts(self, sql: str, params: Sequence[object] = ()) -> list[dict[str, Any]]:
+        self._current()
         with self._translated("query"):
             cursor = self._cursor().execute(sql, list(params))
             names = [column[0] for column in cursor.description or ()]
@@ -396,31 +463,58 @@ class DuckDBStore:
             self._local.cursor = cursor
         return cursor
 
-    def _read_stats(self) -> StoreStats:
-        found = self._dicts("SELECT * FROM checkpoint WHERE id = 1")
-        if not found:  # a file opened read-only before any daemon wrote it
-            return StoreStats(checkpoint=0, applied=0, quarantined=0)
-        row = found[0]
-        if row["schema_version"] != schema.SCHEMA_VERSION:
+    def _read_stats(self) -> tuple[StoreStats, int]:
+        """The checkpoint row, and the sequence the derived tables are written up to.
+
+        Read-only, the stats are those the derived tables hold: a daemon that died between
+        two writes of them left events after ``materialized`` that only a writer folds.
+        """
+        cursor = self._cursor().execute("SELECT * FROM checkpoint WHERE id = 1")
+        names = [column[0] for column in cursor.description or ()]
+        found = cursor.fetchone()
+        if found is None:  # a file opened read-only before any daemon wrote it
+            return StoreStats(checkpoint=0, applied=0, quarantined=0), 0
+        row = dict(zip(names, found, strict=True))
+        version = row["schema_version"]
+        if version not in _READABLE_VERSIONS:
             raise StoreError(
-                f"DuckDB file {self.path} has schema version {row['schema_version']}, this "
+                f"DuckDB file {self.path} has schema version {version}, this "
                 f"workledger writes {schema.SCHEMA_VERSION}: rebuild it (`workledger rebuild`)"
             )
-        return StoreStats(
+        stats = StoreStats(
             checkpoint=row["checkpoint"], applied=row["applied"], quarantined=row["quarantined"]
         )
+        materialized = row.get("materialized", stats.checkpoint)
+        if materialized == stats.checkpoint or not self.read_only:
+            return stats, materialized
+        later = (
+            "SELECT (SELECT count(*) FROM events WHERE seq > $1), "
+            "(SELECT count(*) FROM quarantined WHERE seq > $1)"
+        )
+        events, held = self._cursor().execute(later, [materialized]).fetchone() or (0, 0)
+        return StoreStats(
+            checkpoint=materialized,
+            applied=stats.applied - events,
+            quarantined=stats.quarantined - held,
+        ), materialized
 
     def _restore(self) -> None:
         """Fold the retained events back into the Ledger: the state without the stream.
 
-        Also recalls which batch last wrote each entity (``_written``), for the next deletes.
+        Also recalls which write last wrote each entity (``_written``), for the next deletes.
+        Then folds the events committed after the derived tables were last written: what they
+        change stays in ``changes``, for the next write of those tables.
         """
+        cursor = self._cursor()
         sql = "SELECT kind, key, batch_seq, events FROM fold_state"
-        for kind, key, seq, blob in self._cursor().execute(sql).fetchall():
+        for kind, key, seq, blob in cursor.execute(sql).fetchall():
             for event in _events.decode(blob):
                 self._ledger.apply(event)
             self._written[kind][_queue_key.decode(key) if kind == "queue" else key] = seq
         self._ledger.changes.clear()
+        later = "SELECT payload FROM events WHERE seq > ? ORDER BY seq, idx"
+        for (payload,) in cursor.execute(later, [self._materialized]).fetchall():
+            self._ledger.apply(_payload.decode(payload))
 
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:
@@ -466,10 +560,23 @@ def _create_schema(cursor: duckdb.DuckDBPyConnection) -> None:
         cursor.execute(table.ddl)
     for name, body in schema.VIEWS.items():
         cursor.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
+    # Schema 3 differs by the one column: add it, with the derived tables then up to date.
+    cursor.execute("ALTER TABLE checkpoint ADD COLUMN IF NOT EXISTS materialized BIGINT")
     cursor.execute(
-        "INSERT INTO checkpoint SELECT 1, 0, 0, 0, ? WHERE NOT EXISTS (FROM checkpoint)",
+        "UPDATE checkpoint SET materialized = checkpoint, schema_version = ? "
+        "WHERE schema_version = 3",
         [schema.SCHEMA_VERSION],
     )
+    cursor.execute(
+        "INSERT INTO checkpoint BY NAME SELECT 1 AS id, 0 AS checkpoint, 0 AS applied, "
+        "0 AS quarantined, ? AS schema_version, 0 AS materialized "
+        "WHERE NOT EXISTS (FROM checkpoint)",
+        [schema.SCHEMA_VERSION],
+    )
+
+
+# Schema 3 files are read as they are and upgraded when opened for writing.
+_READABLE_VERSIONS = frozenset({3, schema.SCHEMA_VERSION})
 
 
 # The derived tables holding each family's rows, besides its ``fold_state`` rows.
@@ -488,6 +595,7 @@ class _Write:
         self.last_seq = last_seq
         self.statements: list[tuple[str, pa.Table]] = []
         self.checkpoint = (last_seq, applied, quarantined)
+        self.materialized: int | None = None  # set when it writes the derived rows
 
     def replace(self, table: schema.Table, old: pa.Table) -> None:
         """Delete the rows of the entities in ``old`` (their key columns and ``prev``).
@@ -513,14 +621,15 @@ class _Write:
 
 
 def _write(cursor: duckdb.DuckDBPyConnection, write: _Write) -> None:
-    """One transaction: replace touched rows, append events, move the checkpoint."""
+    """One transaction: append events, replace touched rows, move the checkpoint."""
     cursor.begin()
     try:
         _write_rows(cursor, write)
         cursor.execute(
             "UPDATE checkpoint SET checkpoint = ?, applied = applied + ?, "
-            "quarantined = quarantined + ? WHERE id = 1",
-            list(write.checkpoint),
+            "quarantined = quarantined + ?, materialized = coalesce(?, materialized) "
+            "WHERE id = 1",
+            [*write.checkpoint, write.materialized],
         )
         cursor.commit()
     except BaseException:

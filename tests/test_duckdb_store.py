@@ -12,6 +12,8 @@ from pathlib import Path
 import duckdb
 import msgspec
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from workledger.core.errors import StoreError
 from workledger.core.events import EventType
@@ -29,7 +31,7 @@ from workledger.stores.base import Batch, Sequenced
 from workledger.stores.duckdb import DuckDBStore, check_unlocked
 from workledger.stores.memory import MemoryStore
 
-from .test_store_contract import batch, fleet, t
+from .test_store_contract import batch, batched, fleet, reference, t
 
 
 @pytest.fixture
@@ -186,6 +188,80 @@ def test_read_only_opens_an_existing_file_for_queries_and_refuses_writes(path: P
             reader.apply(batch(fleet(), 100))
 
 
+def _checkpoint_row(store: DuckDBStore) -> tuple[int, int]:
+    """The file's (checkpoint, materialized), read beside the store's own queries."""
+    found = store._cursor().execute("SELECT checkpoint, materialized FROM checkpoint")
+    return found.fetchone()  # type: ignore[return-value]
+
+
+def test_derived_tables_are_written_behind_and_before_any_read(path: Path) -> None:
+    """A batch commits its events at once; the tables catch up when due or when read."""
+    history = fleet()
+    with DuckDBStore(path, materialize_every=3600) as store:
+        store.apply(batch(history[:5]))  # the first batch is due: nothing written yet
+        store.apply(batch(history[5:], 6))
+        assert _checkpoint_row(store) == (len(history), 5)
+        raw = store._cursor().execute("SELECT count(*) FROM events").fetchone()
+        assert raw == (len(history),), "every event is committed with its batch"
+        assert store.read_model() == reference([batch(history)]).read_model()
+        assert _checkpoint_row(store) == (len(history), len(history))
+
+
+_KILLS = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@_KILLS
+@given(case=batched(), data=st.data())
+def test_a_store_killed_between_writes_of_its_tables_loses_nothing(
+    case: tuple[list[object], list[Batch]],
+    data: st.DataObject,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Killed with events the tables do not show yet: read-only it shows the tables as last
+    written, whole batches; reopened for writing it folds the rest from its own events."""
+    _, batches = case
+    path = tmp_path_factory.mktemp("killed") / "store.duckdb"
+    reads = data.draw(st.sets(st.integers(0, max(len(batches) - 1, 0))), label="reads after")
+    store = DuckDBStore(path, materialize_every=3600)
+    shown = 0  # how many batches the tables hold
+    for i, each in enumerate(batches):
+        store.apply(each)
+        if i in reads:
+            store.pools()  # a read writes the tables
+        if i == 0 or i in reads:  # the first batch was due
+            shown = i + 1
+    store._release()  # as a kill would: no last write of the tables
+    with DuckDBStore(path, read_only=True) as reader:
+        assert (reader.read_model(), reader.stats()) == (
+            reference(batches[:shown]).read_model(),
+            reference(batches[:shown]).stats(),
+        )
+    with DuckDBStore(path) as reopened:
+        assert (reopened.read_model(), reopened.stats()) == (
+            reference(batches).read_model(),
+            reference(batches).stats(),
+        )
+
+
+def test_a_schema_3_file_is_read_as_it_is_and_upgraded_when_written(path: Path) -> None:
+    """Version 3 lacked only ``checkpoint.materialized``; its tables were always current."""
+    with DuckDBStore(path) as store:
+        store.apply(batch(fleet()))
+        model = store.read_model()
+    with duckdb.connect(str(path)) as con:
+        con.execute("ALTER TABLE checkpoint DROP COLUMN materialized")
+        con.execute("UPDATE checkpoint SET schema_version = 3")
+    with DuckDBStore(path, read_only=True) as reader:
+        assert reader.read_model() == model
+    with DuckDBStore(path) as writer:
+        assert writer.read_model() == model
+        assert _checkpoint_row(writer) == (len(fleet()), len(fleet()))
+    with duckdb.connect(str(path), read_only=True) as con:
+        assert con.execute("SELECT schema_version FROM checkpoint").fetchone() == (4,)
+
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "duckdb.md"
 
 
@@ -240,7 +316,7 @@ def test_events_of_one_envelope_share_a_seq_and_keep_their_order(path: Path) -> 
 def test_a_batch_replaces_only_the_rows_of_what_it_touched(path: Path) -> None:
     """Each entity keeps one current row, written by the last batch that touched it."""
     history = fleet()
-    with DuckDBStore(path) as store:
+    with DuckDBStore(path, materialize_every=0) as store:  # the derived rows on every batch
         for i, event in enumerate(history, 1):  # one event per batch: every row rewritten often
             store.apply(batch([event], i))
     with duckdb.connect(str(path), read_only=True) as con:
