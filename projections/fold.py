@@ -48,6 +48,9 @@ _TERMINAL_STATUS: dict[type[ev.Event], TaskStatus] = {
 }
 
 
+_HOLDING = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})  # TaskStatus.holds_slot
+
+
 def _later(current: ev.Event | None, candidate: ev.Event) -> bool:
     """Is ``candidate`` after ``current`` by ``(at, id)``? The hottest line of the fold: it
     compares fields in place rather than building two ``order_key`` tuples."""
@@ -99,9 +102,20 @@ class _TaskRecord:
         elif kind in _TERMINAL_STATUS and _later(self.terminal, event):
             self.terminal = event
 
+    def _ordered(self) -> list[Mark]:
+        """Every claim and start, in order (most tasks have one of each, already in order)."""
+        marks = list(self.marks.values())
+        if len(marks) > 1:
+            first, second = marks[0], marks[1]
+            if len(marks) > 2 or not (
+                first.at < second.at or (first.at == second.at and first.id < second.id)  # type: ignore[operator]
+            ):
+                marks.sort(key=_key)
+        return marks
+
     def _stretch(self) -> list[Mark]:
         """Claims and starts since the last retry, in order: the current slot stretch."""
-        marks = sorted(self.marks.values(), key=_key)
+        marks = self._ordered()
         retry = self.last_retry
         if retry is not None:
             marks = marks[bisect_right(marks, _key(retry), key=_key) :]
@@ -109,9 +123,17 @@ class _TaskRecord:
 
     def view(self) -> TaskView:
         marks = self._stretch()
-        status = self._status(marks)
-        starts = [m for m in marks if type(m) is ev.TaskStarted]
-        latest = (starts or marks)[-1] if marks else None
+        # The stretch's first start; its latest start, else its latest claim.
+        first_start: ev.TaskStarted | None = None
+        latest: Mark | None = None
+        for mark in marks:
+            if type(mark) is ev.TaskStarted:
+                latest = mark
+                if first_start is None:
+                    first_start = mark
+        if latest is None and marks:
+            latest = marks[-1]
+        status = self._status(marks, first_start is not None)
         sub, prog = self.submitted, self.progress
         pool, queue, task_key, stage = self._placement()
         return TaskView(
@@ -125,8 +147,8 @@ class _TaskRecord:
             item=sub.item if sub else None,
             worker=latest.worker if latest else None,
             submitted_at=sub.at if sub else None,
-            slot_acquired_at=marks[0].at if marks and status.holds_slot else None,
-            started_at=starts[0].at if starts else None,
+            slot_acquired_at=marks[0].at if marks and status in _HOLDING else None,
+            started_at=first_start.at if first_start else None,
             finished_at=self.terminal.at if self.terminal else None,
             updated_at=self.updated_at,
             retries=len(self.retries),
@@ -139,7 +161,7 @@ class _TaskRecord:
         """Every slot stretch of the task, split by its retries, in order."""
         if not self.marks:
             return []
-        ordered = sorted(self.marks.values(), key=_key)
+        ordered = self._ordered()
         placement = self._placement()
         if not self.retries:  # most tasks: one stretch
             return [self._interval(placement, 0, ordered, None)]
@@ -197,33 +219,44 @@ class _TaskRecord:
             return terminal.at, _TERMINAL_STATUS[type(terminal)]
         return None, None
 
-    def _status(self, stretch: list[Mark]) -> TaskStatus:
+    def _status(self, stretch: list[Mark], started: bool) -> TaskStatus:
         if self.terminal is not None:
             return _TERMINAL_STATUS[type(self.terminal)]
-        kinds = {type(m) for m in stretch}
-        if ev.TaskStarted in kinds:
+        if started:
             return TaskStatus.RUNNING
-        if ev.TaskClaimed in kinds:
+        if stretch:  # claims only
             return TaskStatus.PENDING
         if self.last_retry is not None:
             return TaskStatus.RETRYING
         return TaskStatus.SUBMITTED if self.submitted else TaskStatus.UNKNOWN
 
     def retained(self) -> list[ev.Event]:
-        """The events this record still depends on; folding them alone rebuilds it."""
-        kept = [self.submitted, self.terminal, self.progress, self.hint]
-        kept += self.marks.values()
-        return [e for e in kept if e is not None] + list(self.retries.values())
+        """The events this record still depends on; folding them alone rebuilds it.
+
+        The pool hint is usually one of the others (``task.submitted``): it is kept once.
+        """
+        sub, end, prog, hint = self.submitted, self.terminal, self.progress, self.hint
+        kept: list[ev.Event] = [*self.marks.values(), *self.retries.values()]
+        if sub is not None:
+            kept.append(sub)
+        if end is not None:
+            kept.append(end)
+        if prog is not None:
+            kept.append(prog)
+        others = hint is sub or hint is prog or hint is end
+        if hint is not None and not others and hint.id not in self.marks:
+            kept.append(hint)
+        return kept
 
     def _hint(self, name: str) -> str | None:
         return getattr(self.hint, name, None) if self.hint else None
 
     def _error(self) -> str | None:
-        match self.terminal:
-            case ev.TaskFailed(error=error):
-                return error
-            case ev.TaskCrashed(reason=reason):
-                return reason
+        terminal = self.terminal
+        if type(terminal) is ev.TaskFailed:
+            return terminal.error
+        if type(terminal) is ev.TaskCrashed:
+            return terminal.reason
         return self.last_retry.error if self.last_retry else None
 
 
