@@ -118,4 +118,6 @@ def _table(table: Table, columns: dict[str, list[Any]]) -> pa.Table:
 def _array(values: list[Any], kind: pa.DataType) -> pa.Array:
     if pa.types.is_timestamp(kind):
         return times(values)
+    if isinstance(kind, pa.ExtensionType):  # JSON: wrap the text, which msgspec wrote valid
+        return pa.ExtensionArray.from_storage(kind, pa.array(values, kind.storage_type))
     return pa.array(values, kind)
