@@ -60,6 +60,24 @@ class SeenIndex:
             if not found:
                 del self._lists[term]
 
+    def move(self, old: WorkerView | None, new: WorkerView | None) -> None:
+        """Replace ``old`` by ``new`` (None: absent); a sign of life only re-keys it in the
+        lists it is in, without working out its terms twice."""
+        if old is None or new is None or not _same_terms(old, new):
+            if old is not None:
+                self.discard(old)
+            if new is not None:
+                self.add(new)
+            return
+        before, after = seen_key(old), seen_key(new)
+        if before == after:
+            return
+        lists = self._lists
+        for term in _terms(new):
+            found = lists[term]
+            found.discard(before)
+            found.add(after)
+
     def candidates(
         self,
         *,
@@ -92,6 +110,18 @@ class SeenIndex:
             key=lambda lists: sum(map(len, lists)),
         )
         return _merged(shortest)
+
+
+def _same_terms(old: WorkerView, new: WorkerView) -> bool:
+    """Do both give the same :func:`_terms`? (Cheaper than building them.)"""
+    return (
+        old.pool == new.pool
+        and old.queues == new.queues
+        and old.task_keys == new.task_keys
+        and old.stopped == new.stopped
+        and old.lost == new.lost
+        and old.labels == new.labels
+    )
 
 
 def _terms(view: WorkerView) -> set[_Term]:
@@ -173,6 +203,15 @@ class LiveTally:
                 if not shapes:
                     del self._seen[view.pool]
 
+    def move(self, old: WorkerView | None, new: WorkerView | None) -> None:
+        """Replace ``old`` by ``new`` (None: absent), unless nothing counted here changed."""
+        if old is not None and new is not None and _live_facts(old) == _live_facts(new):
+            return
+        if old is not None:
+            self.discard(old)
+        if new is not None:
+            self.add(new)
+
     def count(
         self,
         *,
@@ -207,6 +246,19 @@ class LiveTally:
             online_any_queue=dict(any_queue),
             online_listing=dict(listing),
         )
+
+
+def _live_facts(view: WorkerView) -> tuple[object, ...]:
+    """All that :class:`LiveTally` keys a worker on."""
+    return (
+        view.pool,
+        view.stopped,
+        view.lost,
+        view.last_seen,
+        view.heartbeat_interval,
+        view.slots,
+        view.queues,
+    )
 
 
 def _shape(view: WorkerView) -> _Shape:

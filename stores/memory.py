@@ -7,6 +7,7 @@ instead of replaying the whole stream.
 
 from __future__ import annotations
 
+import heapq
 import os
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -50,6 +51,8 @@ __all__ = ["FleetCounts", "MemoryStore", "write_snapshot"]
 _Pair = tuple[str | None, str | None]
 _FINAL = frozenset({WorkerStatus.STOPPED, WorkerStatus.LOST})  # no clock changes these
 _WINDOWED = frozenset({"worker", "pool", "task_key", "stage"})  # see MemoryStore._touching
+_HOLDS = frozenset(s for s in TaskStatus if s.holds_slot)  # a set lookup, not a property call
+_TERMINAL = frozenset(s for s in TaskStatus if s.terminal)
 
 _EPOCH = datetime.min
 
@@ -70,10 +73,9 @@ class MemoryStore:
         self._ledger = Ledger()
         self._tasks: dict[str, TaskView] = {}
         self._workers: dict[str, WorkerView] = {}
-        # Newest-updated first, per status and overall, so `tasks(limit=...)` reads only what
-        # it returns instead of sorting every task on each query.
+        # Newest-updated first per status, so `tasks(limit=...)` reads only what it returns
+        # instead of sorting every task on each query; without a status it merges these.
         self._by_status: dict[TaskStatus, SortedList] = {s: SortedList() for s in TaskStatus}
-        self._newest = SortedList()
         self._held_by: dict[str, set[str]] = {}  # worker -> tasks holding one of its slots
         # Holding tasks with no pool of their own count in their worker's: redo them when it moves.
         self._borrowing: dict[str, set[str]] = {}
@@ -123,19 +125,20 @@ class MemoryStore:
         changes.clear()
 
     def _index_worker(self, worker_id: str) -> None:
+        """Each index moves only if what it keys on changed (a sign of life moves last_seen)."""
         old = self._workers.get(worker_id)
         new = self._ledger.worker(worker_id)  # None once forgotten: out of the live view
         if old == new:
             return
-        if old is not None:
-            self._seen.discard(old)
-            self._live.discard(old)
-            _tally(self._worker_pairs, _worker_pairs(old), -1)
+        self._seen.move(old, new)
+        self._live.move(old, new)
+        if old is None or new is None or old.pool != new.pool or old.queues != new.queues:
+            if old is not None:
+                _tally(self._worker_pairs, _worker_pairs(old), -1)
+            if new is not None:
+                _tally(self._worker_pairs, _worker_pairs(new), 1)
         if new is not None:
             self._workers[worker_id] = new
-            self._seen.add(new)
-            self._live.add(new)
-            _tally(self._worker_pairs, _worker_pairs(new), 1)
         else:
             del self._workers[worker_id]
         if _pool(old) != _pool(new):
@@ -143,29 +146,37 @@ class MemoryStore:
                 self._place(self._tasks[task_id])
 
     def _index_task(self, task_id: str) -> None:
-        old = self._tasks.get(task_id)
+        """Each index moves only if what it keys on changed: most changes move a task's
+        update time (its place in its status list) and little else."""
         new = self._ledger.task(task_id)
         if new is None:
             return
+        old = self._tasks.get(task_id)
         self._tasks[task_id] = new
-        if old is not None:
+        status = new.status
+        if old is None:
+            self._by_status[status].add(_newest_first(new))
+        elif old.updated_at != new.updated_at or old.status is not status:
             self._by_status[old.status].discard(_newest_first(old))
-            self._newest.discard(_newest_first(old))
-            if old.status.holds_slot and old.worker is not None:
-                self._held_by[old.worker].discard(task_id)
-                self._borrowing.get(old.worker, set()).discard(task_id)
-            _tally(self._unfinished_pairs, _unfinished_pair(old), -1)
-        self._by_status[new.status].add(_newest_first(new))
-        self._newest.add(_newest_first(new))
-        if new.status.holds_slot and new.worker is not None:
-            self._held_by.setdefault(new.worker, set()).add(task_id)
-            if new.pool is None:
-                self._borrowing.setdefault(new.worker, set()).add(task_id)
-        _tally(self._unfinished_pairs, _unfinished_pair(new), 1)
-        self._place(new)
+            self._by_status[status].add(_newest_first(new))
+        was, now = _holder(old), _holder(new)
+        if was != now:
+            if was is not None:
+                self._held_by[was[0]].discard(task_id)
+                self._borrowing.get(was[0], set()).discard(task_id)
+            if now is not None:
+                self._held_by.setdefault(now[0], set()).add(task_id)
+                if now[1]:
+                    self._borrowing.setdefault(now[0], set()).add(task_id)
+        if was is not None or now is not None:
+            self._place(new)
+        before, after = _unfinished_pair(old), _unfinished_pair(new)
+        if before != after:
+            _tally(self._unfinished_pairs, before, -1)
+            _tally(self._unfinished_pairs, after, 1)
 
     def _place(self, view: TaskView) -> None:
-        where = (self._pool_of(view), view.queue) if view.status.holds_slot else None
+        where = (self._pool_of(view), view.queue) if view.status in _HOLDS else None
         self._slots.place(view.task, where)
 
     def _settle(self) -> None:
@@ -201,7 +212,8 @@ class MemoryStore:
         worker: str | None = None,
         limit: int = 100,
     ) -> list[TaskView]:
-        ordered = self._by_status[status] if status is not None else self._newest
+        lists = self._by_status
+        ordered = lists[status] if status is not None else heapq.merge(*lists.values())
         views = (self._tasks[task_id] for _, task_id in ordered)
         matching = (
             v
@@ -484,9 +496,18 @@ def _worker_pairs(view: WorkerView) -> list[_Pair]:
     return [(view.pool, None), *((view.pool, q) for q in set(view.queues))]
 
 
-def _unfinished_pair(view: TaskView) -> list[_Pair]:
+def _unfinished_pair(view: TaskView | None) -> list[_Pair]:
     """An unfinished task naming its pool names its (pool, queue) too."""
-    return [] if view.status.terminal or view.pool is None else [(view.pool, view.queue)]
+    if view is None or view.status in _TERMINAL or view.pool is None:
+        return []
+    return [(view.pool, view.queue)]
+
+
+def _holder(view: TaskView | None) -> tuple[str, bool] | None:
+    """The worker whose slot the task holds, and whether it borrows that worker's pool."""
+    if view is None or view.worker is None or view.status not in _HOLDS:
+        return None
+    return view.worker, view.pool is None
 
 
 def _tally(counter: Counter[_Pair], pairs: Iterable[_Pair], step: int) -> None:

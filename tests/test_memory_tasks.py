@@ -1,0 +1,75 @@
+"""The in-memory store's task lists answer exactly what sorting every task of the fold would.
+
+``MemoryStore.tasks`` walks per-status lists kept newest-updated first (merged when no status
+is asked for) and stops at ``limit``; these compare it, for random histories applied in random
+batches, with a brute-force sort of a fresh :class:`Ledger`'s views.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from workledger.core import events as ev
+from workledger.projections.fold import Ledger
+from workledger.projections.views import TaskStatus, TaskView
+from workledger.stores.memory import MemoryStore
+
+from .histories import POOLS, QUEUES, WORKERS
+from .test_memory_indexes import folded
+
+_QUERIES = st.fixed_dictionaries(
+    {
+        "status": st.none() | st.sampled_from(TaskStatus),
+        "pool": st.sampled_from([None, *POOLS, "nope"]),
+        "queue": st.sampled_from([None, *QUEUES, "qx"]),
+        "worker": st.sampled_from([None, *WORKERS]),
+        "limit": st.integers(0, 6),
+    }
+)
+
+
+def _brute(history: Sequence[ev.Event], query: dict[str, Any]) -> list[TaskView]:
+    ledger = Ledger()
+    for event in history:
+        ledger.apply(event)
+    tasks = [v for t in ledger.task_ids() if (v := ledger.task(t)) is not None]
+    workers = {w: v for w in ledger.worker_ids() if (v := ledger.worker(w)) is not None}
+
+    def pool_of(view: TaskView) -> str | None:
+        if view.pool is not None or view.worker is None:
+            return view.pool
+        worker = workers.get(view.worker)
+        return worker.pool if worker else None
+
+    found = [
+        v
+        for v in tasks
+        if (query["status"] is None or v.status == query["status"])
+        and (query["pool"] is None or pool_of(v) == query["pool"])
+        and (query["queue"] is None or v.queue == query["queue"])
+        and (query["worker"] is None or v.worker == query["worker"])
+    ]
+    found.sort(key=lambda v: (-_timestamp(v.updated_at), v.task))
+    return found[: query["limit"]]
+
+
+def _timestamp(moment: datetime | None) -> float:
+    return moment.timestamp() if moment is not None else float("-inf")
+
+
+@settings(max_examples=200, deadline=None)
+@given(case=folded(), query=_QUERIES)
+def test_tasks_newest_updated_first_equal_a_sort_of_every_task(
+    case: tuple[list[ev.Event], MemoryStore], query: dict[str, Any]
+) -> None:
+    """With or without a status, the walk's prefix is the sorted scan's, whatever the batches."""
+    history, store = case
+    assert store.tasks(**query) == _brute(history, query)
+    for status in (None, *TaskStatus):
+        every = {"status": status, "pool": None, "queue": None, "worker": None, "limit": 100}
+        assert store.tasks(**every) == _brute(history, every)
