@@ -13,9 +13,11 @@ import argparse
 import random
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import msgspec
 
@@ -23,7 +25,8 @@ from workledger.core import events as ev
 from workledger.projections.views import WorkerStatus
 from workledger.queries import Queries
 from workledger.readiness import store_readiness
-from workledger.stores.base import Batch, Sequenced
+from workledger.stores.base import Batch, Sequenced, Store
+from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
 
 __all__ = ["build", "figures", "main"]
@@ -70,8 +73,14 @@ def _tasks(count: int, workers: int, rng: random.Random) -> Iterator[ev.Event]:
 
 def build(workers: int, tasks: int, seed: int = 0) -> tuple[MemoryStore, float]:
     """A store holding the synthetic fleet, and the rate (events/s) it was folded at."""
+    store = MemoryStore()
+    return store, _fold(store, workers, tasks, seed)
+
+
+def _fold(store: Store, workers: int, tasks: int, seed: int) -> float:
+    """Fold the synthetic fleet into ``store`` in batches; the rate, events/s."""
     rng = random.Random(seed)
-    store, seq, batch, seconds = MemoryStore(), 0, [], 0.0
+    seq, batch, seconds = 0, [], 0.0
     pools = [ev.PoolCreated(id=f"pc{i}", at=NOW - _WEEK, pool=f"p{i}") for i in range(_POOLS)]
     for event in [*pools, *_workers(workers, rng), *_tasks(tasks, workers, rng)]:
         seq += 1
@@ -81,10 +90,24 @@ def build(workers: int, tasks: int, seed: int = 0) -> tuple[MemoryStore, float]:
             batch = []
     if batch:
         seconds += _apply(store, batch)
-    return store, seq / seconds
+    return seq / seconds
 
 
-def _apply(store: MemoryStore, batch: list[Sequenced]) -> float:
+def _duckdb_utilization(workers: int, tasks: int, seed: int, samples: int) -> dict[str, float]:
+    """Utilization per worker over a day from a DuckDB file of the same fleet (SQL, not
+    Python: what the daemon answers it from), p50 and p99 of ``samples`` calls."""
+    day = {"since": NOW - timedelta(days=1), "until": NOW, "now": NOW}
+    with tempfile.TemporaryDirectory() as tmp, DuckDBStore(Path(tmp) / "q.duckdb") as store:
+        rate = _fold(store, workers, tasks, seed)
+        p50, p99 = _latency(samples, lambda i: store.utilization(by="worker", **day))  # type: ignore[arg-type]
+    return {
+        "build: DuckDBStore.apply events/s": rate,
+        "utilization per worker over a day (DuckDB): p50 ms": p50,
+        "utilization per worker over a day (DuckDB): p99 ms": p99,
+    }
+
+
+def _apply(store: Store, batch: list[Sequenced]) -> float:
     began = time.perf_counter()
     store.apply(Batch(events=batch, last_seq=batch[-1].seq))
     return time.perf_counter() - began
@@ -156,9 +179,14 @@ def _queries(store: MemoryStore) -> dict[str, tuple[Callable[[int], object], int
 
 
 def figures(
-    workers: int = 100_000, tasks: int = 1_000_000, samples: int = 200, seed: int = 0
+    workers: int = 100_000,
+    tasks: int = 1_000_000,
+    samples: int = 200,
+    seed: int = 0,
+    duckdb: bool = True,
 ) -> dict[str, float]:
-    """Build the fleet, then ``p50 ms``/``p99 ms`` per query and the build's fold rate."""
+    """Build the fleet, then ``p50 ms``/``p99 ms`` per query and the build's fold rate; with
+    ``duckdb``, utilization from a DuckDB file of the same fleet too."""
     store, rate = build(workers, tasks, seed)
     found = {"build: MemoryStore.apply events/s": rate}
     for name, (query, share) in _queries(store).items():
@@ -166,6 +194,9 @@ def figures(
         found[f"{name}: p50 ms"] = p50
         found[f"{name}: p99 ms"] = p99
     found["apply: heartbeats of distinct workers/s"] = _heartbeats(store, min(workers, 20_000))
+    if duckdb:
+        del store  # its memory back before the second fleet is built
+        found |= _duckdb_utilization(workers, tasks, seed, max(samples // 40, 3))
     return found
 
 
@@ -175,8 +206,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tasks", type=int, default=1_000_000)
     parser.add_argument("--samples", type=int, default=200)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--no-duckdb", action="store_true", help="skip utilization from a DuckDB file (minutes)"
+    )
     args = parser.parse_args(argv)
-    found = figures(args.workers, args.tasks, args.samples)
+    found = figures(args.workers, args.tasks, args.samples, duckdb=not args.no_duckdb)
     if args.json:
         print(msgspec.json.encode(found).decode())
         return
