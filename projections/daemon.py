@@ -10,8 +10,10 @@ with load (up to ``max_batch``) and an idle daemon applies a message as soon as 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+import operator
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -46,6 +48,8 @@ _log = logging.getLogger(__name__)
 _QUARANTINE_KEEP_BYTES = 4096
 _REASON_KEEP_CHARS = 1024  # a reason quotes the input; a hostile one must not grow it
 _LOGGED_PER_BATCH = 10  # quarantined messages logged one by one; the rest are counted
+_ID, _ZONE, _POOL_KEY = map(operator.attrgetter, ("id", "at.tzinfo", "pool_key"))
+_UTC_ONLY = {UTC}
 
 Listener = Callable[[Batch], None]
 """Told of each batch once every store has applied it (the live feed is one). It runs on the
@@ -108,29 +112,56 @@ def to_batch(
     quarantined alone, the reason naming its index. With a ``verifier``, a message not signed
     by a trusted key is quarantined with the reason (an envelope whole: one signature covers it).
     """
+    sequenced = [(_position.stream_seq(msg), msg) for msg in messages]
+    return _to_batch(sequenced, stream, max_bytes, max_envelope_bytes, verifier)
+
+
+def _to_batch(
+    messages: Sequence[tuple[int, Any]],
+    stream: str,
+    max_bytes: int,
+    max_envelope_bytes: int,
+    verifier: Verifier | None,
+) -> Batch:
+    """:func:`to_batch` of messages whose stream sequences the daemon has already read."""
     events: list[Sequenced] = []
     quarantined: list[Quarantined] = []
     last_seq = 0
-    for msg in messages:
-        seq = msg.metadata.sequence.stream
+    for seq, msg in messages:
         last_seq = max(last_seq, seq)
-        refused = verifier.check(msg.subject, msg.data, msg.headers) if verifier else None
+        subject = msg.subject
+        refused = verifier.check(subject, msg.data, msg.headers) if verifier else None
         if refused is not None:
-            quarantined.append(_quarantine(seq, msg.subject, refused, msg.data))
+            quarantined.append(_quarantine(seq, subject, refused, msg.data))
             continue
         try:
             message = _decode(msg, max_bytes, max_envelope_bytes)
         except InvalidEventError as exc:
-            quarantined.append(_quarantine(seq, msg.subject, str(exc), msg.data))
+            quarantined.append(_quarantine(seq, subject, str(exc), msg.data))
+            continue
+        if _stamped(message.events):  # the usual case: nothing to set aside or fill in
+            events.extend(map(functools.partial(Sequenced, seq, subject), message.events))
             continue
         now = _utc(msg.metadata.timestamp)
         for index, item in enumerate(message.events):
             if isinstance(item, Invalid):
-                quarantined.append(_quarantine(seq, msg.subject, item.reason, item.data))
+                quarantined.append(_quarantine(seq, subject, item.reason, item.data))
                 continue
             default = f"{stream}:{seq}:{index}" if message.envelope else f"{stream}:{seq}"
-            events.append(Sequenced(seq, msg.subject, stamp(item, default_id=default, now=now)))
+            events.append(Sequenced(seq, subject, stamp(item, default_id=default, now=now)))
     return Batch(events=events, quarantined=quarantined, last_seq=last_seq)
+
+
+def _stamped(items: Sequence[Event | Invalid]) -> bool:
+    """Every item is an event with an id and a time in UTC, which :func:`stamp` would leave as
+    it is. Checked in C (``map``), since per event in Python it cost as much as the decoding."""
+    if Invalid in map(type, items) or not all(map(_ID, items)):
+        return False
+    try:
+        zones = set(map(_ZONE, items))
+    except AttributeError:  # an event without a time: None has no tzinfo
+        return False
+    return zones == _UTC_ONLY
 
 
 def _decode(msg: Any, max_bytes: int, max_envelope_bytes: int) -> Message:
@@ -146,7 +177,11 @@ def _decode(msg: Any, max_bytes: int, max_envelope_bytes: int) -> Message:
         raise InvalidEventError(
             "an envelope must be published to <prefix>.<pool>.envelope (docs/wire.md#envelopes)"
         )
-    keys = {item.pool_key for item in message.events if not isinstance(item, Invalid)}
+    items = message.events
+    if Invalid in map(type, items):
+        keys = {item.pool_key for item in items if not isinstance(item, Invalid)}
+    else:
+        keys = set(map(_POOL_KEY, items))
     if all(encode_token(key) == pool for key in keys):
         return message  # the usual case, checked once per pool rather than once per event
     count = len(message.events)
@@ -201,7 +236,7 @@ class Projector:
         self.stores = list(stores)
         self.metrics = DaemonMetrics()
         self._progress = anyio.Event()
-        self._inbox: deque[Any] = deque()
+        self._inbox: deque[tuple[int, Any]] = deque()  # (stream sequence, message)
         self._inbox_bytes = 0
         self._arrived = anyio.Event()
         self._drained = anyio.Event()
@@ -328,9 +363,10 @@ class Projector:
         """Called by nats-py for each message, in order. Appending is all it does, so messages
         pile up into large batches while a batch is being applied; a full inbox makes it wait,
         which stops delivery (flow control then holds the rest on the server)."""
-        self._inbox.append(msg)
+        seq = _position.stream_seq(msg)
+        self._inbox.append((seq, msg))
         self._inbox_bytes += len(msg.data)
-        self._received = max(self._received, msg.metadata.sequence.stream)
+        self._received = max(self._received, seq)
         self._arrived.set()
         config = self.config
         while len(self._inbox) >= config.buffer or self._inbox_bytes >= config.buffer_bytes:
@@ -346,44 +382,42 @@ class Projector:
                 drained.set()
                 await anyio.lowlevel.checkpoint()  # the API and the stream watch run between
 
-    def _take(self) -> list[Any]:
+    def _take(self) -> list[tuple[int, Any]]:
         """The next batch from the inbox: up to ``max_batch`` messages and about
         ``max_batch_bytes`` (at least one message, however big)."""
         inbox, size = self._inbox, 0
-        batch: list[Any] = []
+        batch: list[tuple[int, Any]] = []
         max_batch, max_bytes = self.config.max_batch, self.config.max_batch_bytes
         while inbox and len(batch) < max_batch and size < max_bytes:
-            msg = inbox.popleft()
-            batch.append(msg)
-            size += len(msg.data)
+            item = inbox.popleft()
+            batch.append(item)
+            size += len(item[1].data)
         self._inbox_bytes -= size
         return batch
 
-    async def _apply(self, messages: list[Any]) -> None:
+    async def _apply(self, messages: list[tuple[int, Any]]) -> None:
         """Decode the batch, fold it into the in-memory stores, and hand it to each blocking
         store's lane: DuckDB writes batch N in its thread while the loop folds N + 1."""
         done = self._dispatched
-        fresh = [m for m in messages if m.metadata.sequence.stream > done]
+        fresh = [item for item in messages if item[0] > done]
         if not fresh:
             return  # a redelivery after a consumer reset: already applied
         if not self.config.filter_subjects:
             after = max(done, self._missed_upto)
-            gaps = _position.skipped(after, [m.metadata.sequence.stream for m in fresh])
+            gaps = _position.skipped(after, [seq for seq, _ in fresh])
             if gaps:
                 await self._not_dropped(gaps[0])
             for gap in gaps:
                 self._gap(gap)
-        batch = to_batch(
-            fresh,
-            self.config.log.stream,
-            max_bytes=self.config.max_event_bytes,
-            verifier=self._verifier,
+        config = self.config
+        batch = _to_batch(
+            fresh, config.log.stream, config.max_event_bytes, MAX_ENVELOPE_BYTES, self._verifier
         )
         self._dispatched = batch.last_seq
         began = time.perf_counter()
         for store in self._inline:
             store.apply(batch)  # each store skips what it already has
-        self._unsettled.append(_Dispatched(batch, fresh[-1], began))
+        self._unsettled.append(_Dispatched(batch, fresh[-1][1], began))
         for lane in self._lanes:
             await lane.send(batch)
         self._settle()

@@ -6,9 +6,11 @@ import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from types import SimpleNamespace
 
 import anyio
 import pytest
+from nats.aio.msg import Msg
 
 from workledger.core import codec
 from workledger.core import events as ev
@@ -16,6 +18,7 @@ from workledger.core.errors import LogError
 from workledger.core.log import LogConfig, connect, subject_for
 from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Publisher
+from workledger.projections import _position
 from workledger.projections.daemon import Projector, ProjectorConfig
 from workledger.projections.views import TaskStatus, WorkerStatus
 from workledger.queries import Queries
@@ -300,6 +303,20 @@ async def test_batches_are_budgeted_in_bytes_so_envelopes_cannot_make_huge_ones(
     assert store.read_model() == fold(history).read_model()
 
 
+async def test_the_stream_sequence_is_read_from_the_reply_as_nats_py_reads_it(
+    log_stream: LogConfig,
+) -> None:
+    """The daemon reads each sequence from the reply subject alone (``metadata`` parses
+    everything): the same number, for both reply layouts, and ``metadata`` without a reply."""
+    await publish(log_stream, fleet_history(2, seed=5))
+    for msg in await read_raw(log_stream):
+        assert _position.stream_seq(msg) == msg.metadata.sequence.stream
+    with_domain = Msg(None, "s", "$JS.ACK.hub.ACCHASH.S.c.1.42.7.1700000000000000000.3.tok", b"")
+    assert _position.stream_seq(with_domain) == with_domain.metadata.sequence.stream == 42
+    no_reply = SimpleNamespace(metadata=SimpleNamespace(sequence=SimpleNamespace(stream=9)))
+    assert _position.stream_seq(no_reply) == 9
+
+
 async def test_a_hole_the_stream_still_holds_stops_the_daemon_instead_of_counting_a_loss(
     log_stream: LogConfig,
 ) -> None:
@@ -311,7 +328,8 @@ async def test_a_hole_the_stream_still_holds_stops_the_daemon_instead_of_countin
     try:
         messages = await read_raw(log_stream)
         assert len(messages) == last
-        holey = messages[:2] + messages[3:]  # message 3 skipped, though the stream has it
+        holey = [(m.metadata.sequence.stream, m) for m in messages[:2] + messages[3:]]
+        # message 3 skipped, though the stream has it
         projector = Projector(ProjectorConfig(log=log_stream, allow_gap=True), [MemoryStore()])
         projector._js = nc.jetstream()
         with pytest.raises(LogError, match="holds message 3 but it was not delivered"):

@@ -15,7 +15,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -202,6 +202,25 @@ def test_an_envelope_gives_events_sharing_its_sequence_with_indexed_default_ids(
     ]
     assert {s.event.at for s in batch.events} == {NOW}
     assert (batch.quarantined, batch.last_seq) == ([], 8)
+
+
+def test_stamped_and_unstamped_events_of_one_envelope_are_each_stamped_as_alone() -> None:
+    """Stamped events (an id, a UTC time) pass through as they are; the others are stamped:
+    a default id by index, the message's time, a time normalised to UTC."""
+    stamped = _progress(1)[0]
+    east = timezone(timedelta(hours=2))
+    local = ev.TaskProgress(
+        id="local", task="t", pool="p", at=datetime(2026, 1, 1, 12, tzinfo=east)
+    )
+    events = [stamped, ev.TaskProgress(task="t", pool="p"), local, stamped]
+    data = codec.encode_envelope(events)  # JSON keeps the +02:00 (msgpack sends UTC)
+    (first, default, normalised, last) = to_batch(
+        [_msg(4, envelope_subject(PREFIX, "p"), data)], STREAM
+    ).events
+    assert first.event == last.event == stamped
+    assert (default.event.id, default.event.at) == ("ENV:4:1", NOW)
+    assert normalised.event.at == datetime(2026, 1, 1, 10, tzinfo=UTC)
+    assert normalised.event.at.tzinfo is UTC
 
 
 def test_an_envelope_must_be_on_an_envelope_subject() -> None:
