@@ -35,7 +35,7 @@ __all__ = [
     "Table",
 ]
 
-SCHEMA_VERSION = 4  # 2: workers.lost; 3: events.idx, batch_seq, no primary keys; 4: materialized
+SCHEMA_VERSION = 4  # 2: workers.lost; 3: events.idx, batch_seq, no primary keys; 4: materialized, folded
 
 
 class _Type(NamedTuple):
@@ -247,6 +247,7 @@ CHECKPOINT = Table(
         "quarantined": _BIGINT,
         "schema_version": _INT,
         "materialized": _BIGINT,
+        "folded": _BIGINT,
     },
 )
 

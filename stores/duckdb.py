@@ -3,11 +3,13 @@
 Batches are folded by the same :class:`~workledger.projections.fold.Ledger` as the in-memory
 store (one implementation of the rules). Each batch commits its raw events and the checkpoint:
 that is what makes it durable. The derived tables (the rows of every task, worker, pool and
-queue, with the fold's retained events in ``fold_state``) are written behind, at most once a
-``materialize_every`` seconds and before any read, copy or close: an entity touched by many
-events between two of those is written once, which is most of what a write used to cost.
-Reopening the file restores the Ledger from ``fold_state`` and folds the events committed after
-it (``checkpoint.materialized``), so a restart replays nothing from the stream it already has.
+queue) are written behind, at most once a ``materialize_every`` seconds and before any read,
+copy or close: an entity touched by many events between two of those is written once, which is
+most of what a write used to cost. The fold's retained events (``fold_state``, what a restart
+folds instead of the whole log) are written less often still, once a ``fold_state_every``
+seconds and on close. Reopening the file restores the Ledger from ``fold_state`` and folds the
+events committed after it (``checkpoint.folded``) from the file's own ``events``, so a restart
+replays nothing from the stream it already has.
 
 Queries are SQL over the tables and views of :mod:`workledger.stores._duckdb_schema`; worker
 liveness is the one rule of :mod:`workledger.projections.liveness`, applied to the fetched rows.
@@ -35,7 +37,7 @@ import pyarrow as pa
 
 from workledger.core.errors import StoreError
 from workledger.core.events import EventType
-from workledger.projections.fold import Ledger
+from workledger.projections.fold import Changes, Ledger
 from workledger.projections.liveness import DEFAULT_MULTIPLIER, liveness
 from workledger.projections.utilization import Grouping, UtilizationRow
 from workledger.projections.views import (
@@ -61,6 +63,7 @@ from workledger.stores.base import Batch, ReadModel, StoreStats
 __all__ = ["DuckDBStore", "check_unlocked"]
 
 _S = TypeVar("_S")
+_C = TypeVar("_C", dict[Any, int], set[Any])
 _events = msgspec.msgpack.Decoder(list[EventType])
 _payload = msgspec.json.Decoder(EventType)
 _queue_key = msgspec.json.Decoder(tuple[str, str])
@@ -72,26 +75,36 @@ class DuckDBStore:
     blocking = True  # the daemon runs ``apply`` in a worker thread
 
     def __init__(
-        self, path: Path | str, *, read_only: bool = False, materialize_every: float = 1.0
+        self,
+        path: Path | str,
+        *,
+        read_only: bool = False,
+        materialize_every: float = 1.0,
+        fold_state_every: float = 10.0,
     ) -> None:
         self.path = Path(path)
         self.read_only = read_only
         self.materialize_every = materialize_every
+        self.fold_state_every = fold_state_every
         self._db = _connect(self.path, read_only)
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._local = threading.local()
         self._lock = threading.Lock()
         self._writing = threading.Lock()  # a batch and a published copy never overlap
         self._ledger = Ledger()
-        # The batch_seq of each entity's rows in the file, by family: where deletes look.
-        self._written: dict[str, dict[Any, int]] = {f: {} for f in _FAMILY_TABLES}
+        # The batch_seq of each entity's rows in the file, by family: where deletes look; of its
+        # fold_state row; and the entities whose fold_state row is older than the Ledger.
+        self._written: dict[str, dict[Any, int]] = _by_family(dict)
+        self._saved: dict[str, dict[Any, int]] = _by_family(dict)
+        self._unsaved: dict[str, set[Any]] = _by_family(set)
         self._closed = False
         self._due = 0.0  # time.monotonic() when the derived tables are next written
+        self._save_due = time.monotonic() + fold_state_every  # and fold_state
         try:
             with self._translated("open"):
                 if not read_only:
                     _create_schema(self._cursor())
-                self._stats, self._materialized = self._read_stats()
+                self._stats, self._materialized, self._folded = self._read_stats()
                 if not read_only:  # read-only queries read the tables, never the Ledger
                     self._restore()
         except BaseException:
@@ -110,7 +123,7 @@ class DuckDBStore:
         try:
             if not self.read_only:
                 with self._writing:
-                    self._materialize()
+                    self._materialize(save=True)
                 with self._translated("checkpoint"):
                     self._cursor().execute("CHECKPOINT")
         finally:
@@ -159,9 +172,10 @@ class DuckDBStore:
         write = _Write(batch.last_seq, applied=len(fresh), quarantined=len(held))
         write.insert(schema.EVENTS, rows.event_table(fresh))
         write.insert(schema.QUARANTINED, rows.quarantined_table(held))
-        due = time.monotonic() >= self._due
+        now = time.monotonic()
+        due = now >= self._due
         if due:
-            self._derive(write)
+            self._derive(write, save=now >= self._save_due)
         started = time.monotonic()
         try:
             with self._translated(f"write the batch up to sequence {batch.last_seq}"):
@@ -178,16 +192,18 @@ class DuckDBStore:
             quarantined=s.quarantined + len(held),
         )
 
-    def _materialize(self) -> None:
-        """Write the derived rows of everything folded since they were last written.
+    def _materialize(self, *, save: bool = False) -> None:
+        """Write the derived rows of everything folded since they were last written, and
+        ``fold_state`` if ``save`` or it is due.
 
         The caller holds ``_writing``. On failure the Ledger keeps its record of what changed,
         so the next attempt writes it all.
         """
-        if self._materialized == self._stats.checkpoint:
+        checkpoint = self._stats.checkpoint
+        if self._materialized == checkpoint and (self._folded == checkpoint or not save):
             return
-        write = _Write(self._stats.checkpoint, applied=0, quarantined=0)
-        self._derive(write)
+        write = _Write(checkpoint, applied=0, quarantined=0)
+        self._derive(write, save=save or time.monotonic() >= self._save_due)
         started = time.monotonic()
         with self._translated(f"write the tables up to sequence {write.last_seq}"):
             _write(self._cursor(), write)
@@ -208,17 +224,27 @@ class DuckDBStore:
         them with every batch.
         """
         now = time.monotonic()
+        seq = write.last_seq
         for family, keys in self._touched().items():
-            self._written[family].update(dict.fromkeys(keys, write.last_seq))
+            self._written[family].update(dict.fromkeys(keys, seq))
+            if write.saved is None:
+                self._unsaved[family].update(keys)
+        if write.saved is not None:
+            for family, keys in write.saved.items():
+                self._saved[family].update(dict.fromkeys(keys, seq))
+            self._unsaved = _by_family(set)
+            self._folded = seq
+            self._save_due = now + max(self.fold_state_every, 3 * (now - started))
         self._ledger.changes.clear()
-        self._materialized = write.last_seq
+        self._materialized = seq
         if self.materialize_every > 0:
             self._due = now + max(self.materialize_every, 3 * (now - started))
 
     def _refold(self) -> None:
         """After a failed write the Ledger is ahead of the file: fold it again from the file."""
         self._ledger = Ledger()
-        self._written = {f: {} for f in _FAMILY_TABLES}
+        self._written, self._saved = _by_family(dict), _by_family(dict)
+        self._unsaved = _by_family(set)
         self._restore()
 
     def publish(self, target: Path) -> StoreStats:
@@ -242,25 +268,22 @@ class DuckDBStore:
                 raise StoreError(f"DuckDB file {self.path}: cannot {action}: {exc}") from exc
             return stats
 
-    def _derive(self, write: _Write) -> None:
-        """Add to ``write`` the derived rows of every entity changed since the last time.
+    def _derive(self, write: _Write, *, save: bool) -> None:
+        """Add to ``write`` the derived rows of every entity changed since the last time, and
+        with ``save`` the ``fold_state`` rows of every entity changed since they were written.
 
         Each touched entity's old rows are deleted through the ``batch_seq`` that wrote them
-        (kept in ``_written``), so a delete reads only those writes' row groups.
+        (kept in ``_written`` and ``_saved``), so a delete reads only those writes' row groups.
         """
         write.materialized = write.last_seq
         ledger, changes = self._ledger, self._ledger.changes
-        old_state: list[pa.Table] = []
         for family, keys in self._touched().items():
-            old = self._old(family, keys)
+            old = _old(self._written[family], family, keys)
             if old.num_rows:
                 for table in _FAMILY_TABLES[family]:
                     write.replace(table, old)
-                kinds = pa.array([family] * old.num_rows, pa.string())
-                names = old.column(0) if family != "queue" else _queue_keys(old)
-                old_state.append(pa.table({"kind": kinds, "key": names, "prev": old["prev"]}))
-        if old_state:
-            write.replace(schema.FOLD_STATE, pa.concat_tables(old_state))
+        if save:
+            self._save(write)
         tasks = [v for v in map(ledger.task, changes.tasks) if v is not None]
         workers = [v for v in map(ledger.worker, changes.workers) if v is not None]
         pools = [v for v in map(ledger.pool, changes.pools) if v is not None]
@@ -276,7 +299,24 @@ class DuckDBStore:
             (schema.WORKER_SESSIONS, sessions),
         ):
             write.insert(table, rows.struct_table(table, views))
-        write.insert(schema.FOLD_STATE, rows.fold_state_table(ledger, changes))
+
+    def _save(self, write: _Write) -> None:
+        """Add to ``write`` the ``fold_state`` rows of every entity changed since they were."""
+        touched = self._touched()
+        write.saved = {f: self._unsaved[f] | set(touched[f]) for f in _FAMILY_TABLES}
+        write.folded = write.last_seq
+        old_state: list[pa.Table] = []
+        for family, keys in write.saved.items():
+            old = _old(self._saved[family], family, keys)
+            if old.num_rows:
+                kinds = pa.array([family] * old.num_rows, pa.string())
+                names = old.column(0) if family != "queue" else _queue_keys(old)
+                old_state.append(pa.table({"kind": kinds, "key": names, "prev": old["prev"]}))
+        if old_state:
+            write.replace(schema.FOLD_STATE, pa.concat_tables(old_state))
+        saved = write.saved
+        changed = Changes(saved["task"], saved["worker"], saved["pool"], saved["queue"])
+        write.insert(schema.FOLD_STATE, rows.fold_state_table(self._ledger, changed))
 
     def _touched(self) -> dict[str, Collection[Any]]:
         changes = self._ledger.changes
@@ -286,17 +326,6 @@ class DuckDBStore:
             "pool": changes.pools,
             "queue": changes.queues,
         }
-
-    def _old(self, family: str, keys: Collection[Any]) -> pa.Table:
-        """The touched entities of ``family`` in the file, with the batch that wrote them."""
-        written = self._written[family]
-        found = [(key, written[key]) for key in keys if key in written]
-        prev = pa.array([seq for _, seq in found], pa.int64())
-        if family == "queue":
-            pools, queues = [k[0] for k, _ in found], [k[1] for k, _ in found]
-            return pa.table({"pool": pools, "queue": queues, "prev": prev})
-        names = pa.array([key for key, _ in found], pa.string())
-        return pa.table({family: names, "prev": prev})
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -463,8 +492,9 @@ class DuckDBStore:
             self._local.cursor = cursor
         return cursor
 
-    def _read_stats(self) -> tuple[StoreStats, int]:
-        """The checkpoint row, and the sequence the derived tables are written up to.
+    def _read_stats(self) -> tuple[StoreStats, int, int]:
+        """The checkpoint row, and the sequences the derived tables and ``fold_state`` are
+        written up to.
 
         Read-only, the stats are those the derived tables hold: a daemon that died between
         two writes of them left events after ``materialized`` that only a writer folds.
@@ -473,7 +503,7 @@ class DuckDBStore:
         names = [column[0] for column in cursor.description or ()]
         found = cursor.fetchone()
         if found is None:  # a file opened read-only before any daemon wrote it
-            return StoreStats(checkpoint=0, applied=0, quarantined=0), 0
+            return StoreStats(checkpoint=0, applied=0, quarantined=0), 0, 0
         row = dict(zip(names, found, strict=True))
         version = row["schema_version"]
         if version not in _READABLE_VERSIONS:
@@ -485,35 +515,45 @@ class DuckDBStore:
             checkpoint=row["checkpoint"], applied=row["applied"], quarantined=row["quarantined"]
         )
         materialized = row.get("materialized", stats.checkpoint)
+        folded = row.get("folded", stats.checkpoint)
         if materialized == stats.checkpoint or not self.read_only:
-            return stats, materialized
+            return stats, materialized, folded
         later = (
             "SELECT (SELECT count(*) FROM events WHERE seq > $1), "
             "(SELECT count(*) FROM quarantined WHERE seq > $1)"
         )
         events, held = self._cursor().execute(later, [materialized]).fetchone() or (0, 0)
-        return StoreStats(
-            checkpoint=materialized,
-            applied=stats.applied - events,
-            quarantined=stats.quarantined - held,
-        ), materialized
+        return (
+            StoreStats(
+                checkpoint=materialized,
+                applied=stats.applied - events,
+                quarantined=stats.quarantined - held,
+            ),
+            materialized,
+            folded,
+        )
 
     def _restore(self) -> None:
         """Fold the retained events back into the Ledger: the state without the stream.
 
-        Also recalls which write last wrote each entity (``_written``), for the next deletes.
-        Then folds the events committed after the derived tables were last written: what they
-        change stays in ``changes``, for the next write of those tables.
+        Also recalls which write last wrote each entity's rows and its ``fold_state`` row, for
+        the next deletes. Then folds the events committed after ``fold_state`` was written:
+        what they change stays in ``changes``, for the next writes.
         """
         cursor = self._cursor()
         sql = "SELECT kind, key, batch_seq, events FROM fold_state"
         for kind, key, seq, blob in cursor.execute(sql).fetchall():
             for event in _events.decode(blob):
                 self._ledger.apply(event)
-            self._written[kind][_queue_key.decode(key) if kind == "queue" else key] = seq
+            self._saved[kind][_queue_key.decode(key) if kind == "queue" else key] = seq
         self._ledger.changes.clear()
+        for family, sql in _WRITTEN.items():
+            found = cursor.execute(sql).fetchall()
+            if family == "queue":
+                found = [((pool, queue), seq) for pool, queue, seq in found]
+            self._written[family].update(found)
         later = "SELECT payload FROM events WHERE seq > ? ORDER BY seq, idx"
-        for (payload,) in cursor.execute(later, [self._materialized]).fetchall():
+        for (payload,) in cursor.execute(later, [self._folded]).fetchall():
             self._ledger.apply(_payload.decode(payload))
 
     @contextmanager
@@ -560,20 +600,31 @@ def _create_schema(cursor: duckdb.DuckDBPyConnection) -> None:
         cursor.execute(table.ddl)
     for name, body in schema.VIEWS.items():
         cursor.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
-    # Schema 3 differs by the one column: add it, with the derived tables then up to date.
+    # Schema 3 differs by two columns: add them, with the derived tables then up to date.
     cursor.execute("ALTER TABLE checkpoint ADD COLUMN IF NOT EXISTS materialized BIGINT")
+    cursor.execute("ALTER TABLE checkpoint ADD COLUMN IF NOT EXISTS folded BIGINT")
     cursor.execute(
-        "UPDATE checkpoint SET materialized = checkpoint, schema_version = ? "
-        "WHERE schema_version = 3",
+        "UPDATE checkpoint SET materialized = checkpoint, folded = checkpoint, "
+        "schema_version = ? WHERE schema_version = 3",
         [schema.SCHEMA_VERSION],
     )
     cursor.execute(
         "INSERT INTO checkpoint BY NAME SELECT 1 AS id, 0 AS checkpoint, 0 AS applied, "
-        "0 AS quarantined, ? AS schema_version, 0 AS materialized "
+        "0 AS quarantined, ? AS schema_version, 0 AS materialized, 0 AS folded "
         "WHERE NOT EXISTS (FROM checkpoint)",
         [schema.SCHEMA_VERSION],
     )
 
+
+# Which write last wrote each entity's rows, by family (a forgotten worker has sessions only).
+_WRITTEN = {
+    "task": "SELECT task, max(batch_seq) FROM tasks GROUP BY task",
+    "worker": """SELECT worker, max(batch_seq) FROM (
+        SELECT worker, batch_seq FROM workers UNION ALL
+        SELECT worker, batch_seq FROM worker_sessions) GROUP BY worker""",
+    "pool": "SELECT pool, max(batch_seq) FROM pools GROUP BY pool",
+    "queue": "SELECT pool, queue, max(batch_seq) FROM queues GROUP BY pool, queue",
+}
 
 # Schema 3 files are read as they are and upgraded when opened for writing.
 _READABLE_VERSIONS = frozenset({3, schema.SCHEMA_VERSION})
@@ -596,6 +647,8 @@ class _Write:
         self.statements: list[tuple[str, pa.Table]] = []
         self.checkpoint = (last_seq, applied, quarantined)
         self.materialized: int | None = None  # set when it writes the derived rows
+        self.folded: int | None = None  # set when it writes fold_state, for ``saved``
+        self.saved: dict[str, set[Any]] | None = None
 
     def replace(self, table: schema.Table, old: pa.Table) -> None:
         """Delete the rows of the entities in ``old`` (their key columns and ``prev``).
@@ -627,9 +680,9 @@ def _write(cursor: duckdb.DuckDBPyConnection, write: _Write) -> None:
         _write_rows(cursor, write)
         cursor.execute(
             "UPDATE checkpoint SET checkpoint = ?, applied = applied + ?, "
-            "quarantined = quarantined + ?, materialized = coalesce(?, materialized) "
-            "WHERE id = 1",
-            [*write.checkpoint, write.materialized],
+            "quarantined = quarantined + ?, materialized = coalesce(?, materialized), "
+            "folded = coalesce(?, folded) WHERE id = 1",
+            [*write.checkpoint, write.materialized, write.folded],
         )
         cursor.commit()
     except BaseException:
@@ -652,6 +705,22 @@ def _execute(cursor: duckdb.DuckDBPyConnection, sql: str, batch_rows: pa.Table) 
     instead creates and drops a catalog view, which costs more than most statements here.
     """
     cursor.execute(sql)
+
+
+def _by_family(kind: type[_C]) -> dict[str, _C]:
+    """One empty ``dict`` or ``set`` per family (task, worker, pool, queue)."""
+    return {family: kind() for family in _FAMILY_TABLES}
+
+
+def _old(written: Mapping[Any, int], family: str, keys: Collection[Any]) -> pa.Table:
+    """Those of ``keys`` that have rows in the file, with the write (``prev``) that wrote them."""
+    found = [(key, written[key]) for key in keys if key in written]
+    prev = pa.array([seq for _, seq in found], pa.int64())
+    if family == "queue":
+        pools, queues = [k[0] for k, _ in found], [k[1] for k, _ in found]
+        return pa.table({"pool": pools, "queue": queues, "prev": prev})
+    names = pa.array([key for key, _ in found], pa.string())
+    return pa.table({family: names, "prev": prev})
 
 
 def _queue_keys(old: pa.Table) -> pa.Array:
