@@ -221,6 +221,8 @@ def test_stamped_and_unstamped_events_of_one_envelope_are_each_stamped_as_alone(
     assert (default.event.id, default.event.at) == ("ENV:4:1", NOW)
     assert normalised.event.at == datetime(2026, 1, 1, 10, tzinfo=UTC)
     assert normalised.event.at.tzinfo is UTC
+    lone = [_msg(5, subject_for(PREFIX, e), codec.encode_json(e)) for e in (local, stamped)]
+    assert [s.event for s in to_batch(lone, STREAM).events] == [normalised.event, stamped]
 
 
 def test_an_envelope_must_be_on_an_envelope_subject() -> None:
