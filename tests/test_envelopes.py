@@ -8,6 +8,7 @@ same read model), then the publisher and the daemon against a real nats-server.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import itertools
 import json
@@ -619,7 +620,9 @@ async def test_a_rebuild_from_envelopes_equals_the_live_in_memory_model(
     finally:
         await client.close()
     live = await _project(log_stream, last)
+    thresholds = gc.get_threshold()
     stats = await rebuild(log_stream, tmp_path / "rebuilt.duckdb", progress=False)
+    assert gc.get_threshold() == thresholds  # raised for the rebuild only
     assert (stats.checkpoint, stats.applied, stats.quarantined) == (last, len(history) + 1, 2)
     with DuckDBStore(tmp_path / "rebuilt.duckdb", read_only=True) as rebuilt:
         assert rebuilt.read_model() == live.read_model()
