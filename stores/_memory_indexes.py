@@ -10,9 +10,12 @@ query time.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
+from itertools import chain
+from typing import Any
 
 import msgspec
 from sortedcontainers import SortedList
@@ -20,12 +23,106 @@ from sortedcontainers import SortedList
 from workledger.projections.utilization import micros
 from workledger.projections.views import SlotCount, WorkerStatus, WorkerView
 
-__all__ = ["FleetCounts", "LiveTally", "SeenIndex", "SlotTally", "TimeIndex", "seen_key"]
+__all__ = [
+    "FleetCounts",
+    "LiveTally",
+    "SeenIndex",
+    "SlotTally",
+    "SortedKeys",
+    "TimeIndex",
+    "seen_key",
+]
 
 SeenKey = tuple[float, str]  # (-last seen timestamp, worker): the order ``workers`` answers in
 _Term = tuple[Hashable, ...]
 _ALL: _Term = ("all",)
 _ANY_QUEUE: _Term = ("any queue",)  # workers listing no queue serve every queue
+
+
+_LOAD = 500  # keys per chunk; a chunk splits past twice this
+
+
+class SortedKeys:
+    """Distinct keys in ascending order, in chunks as in ``sortedcontainers.SortedList``,
+    whose additions wait in a buffer until :meth:`flush` sorts them in all at once.
+
+    The store keeps things newest first, and what a batch changes becomes the newest: a
+    batch's additions are then one sorted run before every kept key, put in front whole
+    instead of bisected in one at a time (about a tenth of ``SortedList.add`` per key).
+    Iterating flushes first; the store flushes at the end of each batch so reads need not.
+    """
+
+    __slots__ = ("_chunks", "_fresh", "_maxes", "_size")
+
+    def __init__(self) -> None:
+        self._chunks: list[list[Any]] = []
+        self._maxes: list[Any] = []  # the last key of each chunk
+        self._fresh: list[Any] = []
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __iter__(self) -> Iterator[Any]:
+        self.flush()
+        return chain.from_iterable(self._chunks)
+
+    def add(self, key: Any) -> None:
+        """Add ``key``, which must not be here already."""
+        self._fresh.append(key)
+        self._size += 1
+
+    def discard(self, key: Any) -> None:
+        """Remove ``key`` if it is here, kept or waiting."""
+        chunks, maxes = self._chunks, self._maxes
+        i = bisect_left(maxes, key)
+        if i < len(maxes):
+            chunk = chunks[i]
+            j = bisect_left(chunk, key)
+            if chunk[j] == key:
+                del chunk[j]
+                self._size -= 1
+                if not chunk:
+                    del chunks[i], maxes[i]
+                    return
+                if j == len(chunk):
+                    maxes[i] = chunk[-1]
+                if len(chunk) < _LOAD // 4 and i + 1 < len(chunks):  # no trail of tiny chunks
+                    chunk += chunks[i + 1]
+                    maxes[i] = maxes[i + 1]
+                    del chunks[i + 1], maxes[i + 1]
+                return
+        try:
+            self._fresh.remove(key)
+        except ValueError:
+            return
+        self._size -= 1
+
+    def flush(self) -> None:
+        """Sort the waiting keys in: those before every kept key as whole chunks in front."""
+        fresh = self._fresh
+        if not fresh:
+            return
+        self._fresh = []
+        fresh.sort()
+        chunks, maxes = self._chunks, self._maxes
+        ahead = bisect_left(fresh, chunks[0][0]) if chunks else len(fresh)
+        if ahead:
+            if chunks and len(chunks[0]) + ahead <= 2 * _LOAD:
+                chunks[0][:0] = fresh[:ahead]
+            else:
+                front = [fresh[i : min(i + _LOAD, ahead)] for i in range(0, ahead, _LOAD)]
+                chunks[:0] = front
+                maxes[:0] = [chunk[-1] for chunk in front]
+        for key in fresh[ahead:]:
+            i = min(bisect_left(maxes, key), len(maxes) - 1)
+            chunk = chunks[i]
+            insort(chunk, key)
+            maxes[i] = chunk[-1]
+            if len(chunk) > 2 * _LOAD:
+                chunks.insert(i + 1, chunk[_LOAD:])
+                del chunk[_LOAD:]
+                maxes.insert(i, chunk[-1])
 
 
 def seen_key(view: WorkerView) -> SeenKey:
@@ -42,14 +139,14 @@ class SeenIndex:
     """
 
     def __init__(self) -> None:
-        self._lists: dict[_Term, SortedList] = {}
+        self._lists: dict[_Term, SortedKeys] = {}
 
     def add(self, view: WorkerView) -> None:
         key = seen_key(view)
         for term in _terms(view):
             found = self._lists.get(term)
             if found is None:
-                found = self._lists[term] = SortedList()
+                found = self._lists[term] = SortedKeys()
             found.add(key)
 
     def discard(self, view: WorkerView) -> None:
@@ -104,12 +201,17 @@ class SeenIndex:
         if keys:
             options.append([("key", k) for k in keys])
         options += [[("label", k, v)] for k, v in labels]
-        empty = SortedList()
+        empty = SortedKeys()
         shortest = min(
             ([self._lists.get(term, empty) for term in terms] for terms in options),
             key=lambda lists: sum(map(len, lists)),
         )
         return _merged(shortest)
+
+    def flush(self) -> None:
+        """Sort in what the batch added (see :class:`SortedKeys`)."""
+        for found in self._lists.values():
+            found.flush()
 
 
 def _same_terms(old: WorkerView, new: WorkerView) -> bool:
@@ -139,7 +241,7 @@ def _terms(view: WorkerView) -> set[_Term]:
     return terms
 
 
-def _merged(lists: list[SortedList]) -> Iterator[SeenKey]:
+def _merged(lists: list[SortedKeys]) -> Iterator[SeenKey]:
     """Several sorted lists as one, without repeats (equal keys meet side by side)."""
     if len(lists) == 1:
         yield from lists[0]

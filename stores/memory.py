@@ -16,7 +16,6 @@ from itertools import islice
 from pathlib import Path
 
 import msgspec
-from sortedcontainers import SortedList
 
 from workledger.core.errors import StoreError
 from workledger.core.events import EventType
@@ -42,6 +41,7 @@ from workledger.stores._memory_indexes import (
     LiveTally,
     SeenIndex,
     SlotTally,
+    SortedKeys,
     TimeIndex,
 )
 from workledger.stores.base import Batch, ReadModel, StoreStats
@@ -75,7 +75,7 @@ class MemoryStore:
         self._workers: dict[str, WorkerView] = {}
         # Newest-updated first per status, so `tasks(limit=...)` reads only what it returns
         # instead of sorting every task on each query; without a status it merges these.
-        self._by_status: dict[TaskStatus, SortedList] = {s: SortedList() for s in TaskStatus}
+        self._by_status: dict[TaskStatus, SortedKeys] = {s: SortedKeys() for s in TaskStatus}
         self._held_by: dict[str, set[str]] = {}  # worker -> tasks holding one of its slots
         # Holding tasks with no pool of their own count in their worker's: redo them when it moves.
         self._borrowing: dict[str, set[str]] = {}
@@ -120,6 +120,9 @@ class MemoryStore:
             self._index_worker(worker_id)
         for task_id in changes.tasks:
             self._index_task(task_id)
+        self._seen.flush()
+        for ordered in self._by_status.values():
+            ordered.flush()
         self._stale_workers |= changes.workers
         self._stale_tasks |= changes.tasks
         changes.clear()

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workledger.core import events as ev
 from workledger.projections.fold import Ledger
 from workledger.projections.views import TaskStatus, TaskView
+from workledger.stores import _memory_indexes as indexes
 from workledger.stores.memory import MemoryStore
 
 from .histories import POOLS, QUEUES, WORKERS
@@ -73,3 +75,51 @@ def test_tasks_newest_updated_first_equal_a_sort_of_every_task(
     for status in (None, *TaskStatus):
         every = {"status": status, "pool": None, "queue": None, "worker": None, "limit": 100}
         assert store.tasks(**every) == _brute(history, every)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(st.sampled_from(["add", "discard", "flush", "read"]), st.integers(-30, 30)),
+        min_size=40,
+        max_size=400,
+    ),
+    load=st.sampled_from([2, 3, 8, 12, 500]),
+)
+def test_sorted_keys_hold_what_a_sorted_set_holds_whatever_the_adds_discards_and_flushes(
+    ops: list[tuple[str, int]], load: int
+) -> None:
+    """Chunks split, merge and take whole runs in front; the keys read are a sorted set's."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(indexes, "_LOAD", load)
+        _replay(ops)
+
+
+def _replay(ops: list[tuple[str, int]]) -> None:
+    keys, model = indexes.SortedKeys(), set[int]()
+    for op, key in ops:
+        if op == "add" and key not in model:
+            keys.add(key)
+            model.add(key)
+        elif op == "discard":
+            keys.discard(key)
+            model.discard(key)
+        elif op == "flush":
+            keys.flush()
+        elif op == "read":
+            assert list(keys) == sorted(model)
+        assert len(keys) == len(model)
+    assert list(keys) == sorted(model)
+
+
+def test_a_chunk_left_nearly_empty_joins_the_next() -> None:
+    """Given chunks of 8, discarding most of the first leaves one chunk that still bisects."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(indexes, "_LOAD", 8)
+        _replay(
+            [("add", k) for k in range(16)]
+            + [("flush", 0)]
+            + [("discard", k) for k in range(7)]
+            + [("read", 0), ("discard", 15), ("discard", 15), ("discard", 3), ("add", 3)]
+            + [("add", 20), ("flush", 0), ("discard", 7), ("discard", 20), ("read", 0)]
+        )
