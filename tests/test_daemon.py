@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -301,6 +302,29 @@ async def test_batches_are_budgeted_in_bytes_so_envelopes_cannot_make_huge_ones(
     assert last < len(history), "the events travelled in envelopes"
     assert projector.metrics.batches == last, "one message per batch"
     assert store.read_model() == fold(history).read_model()
+
+
+async def test_the_gc_thresholds_are_raised_while_daemons_run_and_restored_after(
+    log_stream: LogConfig,
+) -> None:
+    """The first daemon to start raises them, the last to stop restores them; None leaves
+    them alone."""
+    before = gc.get_threshold()
+    relaxed = ProjectorConfig().gc_thresholds
+    assert relaxed is not None
+    assert relaxed[0] > before[0]
+    async with projecting(log_stream, MemoryStore()):
+        assert gc.get_threshold() == relaxed
+        async with projecting(log_stream, MemoryStore()):
+            assert gc.get_threshold() == relaxed
+        assert gc.get_threshold() == relaxed  # the first one still runs
+    assert gc.get_threshold() == before
+    untouched = Projector(ProjectorConfig(log=log_stream, gc_thresholds=None), [MemoryStore()])
+    async with anyio.create_task_group() as tg:
+        await tg.start(untouched.run)
+        assert gc.get_threshold() == before
+        tg.cancel_scope.cancel()
+    assert gc.get_threshold() == before
 
 
 async def test_the_stream_sequence_is_read_from_the_reply_as_nats_py_reads_it(
