@@ -3,7 +3,9 @@
 Run: ``.venv/bin/python benchmarks/rebuild.py [--events 10000000] [--dir /tmp]``. It starts a
 nats-server with its store in a temporary directory under ``--dir``, loads the stream with N
 generated events, then times :func:`workledger.rebuild.rebuild` (the command's own code path:
-a Projector on one DuckDBStore, then the swap) and checks every event was applied.
+a Projector on one DuckDBStore, then the swap) and checks every event was applied. Then it
+replays the stream again, the same way, into a store that only counts (``rebuild transport
+rate``): what consuming and decoding alone allow, the bound on any store's rebuild.
 
 Loading is streamed (never N events in memory) and reported separately. By default one event
 a message (the SDK's default wire), loaded the fastest way: plain NATS publishes without a
@@ -24,14 +26,18 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
+import anyio
 import publish
 import run
 
 from workledger.core import codec
 from workledger.core.log import LogConfig, connect, subject_for
 from workledger.core.nats_server import EmbeddedNats
-from workledger.rebuild import rebuild
+from workledger.projections.daemon import Projector
+from workledger.rebuild import catch_up_config, rebuild
+from workledger.stores.base import Batch, Store, StoreStats
 
 SYNC_EVERY = 5000
 BYTES_PER_EVENT = 700  # stream + DuckDB file, with room to spare (measured ~450 at 1M)
@@ -86,6 +92,35 @@ async def _load_batched(config: LogConfig, events: int, batch_size: int) -> floa
     return time.perf_counter() - began
 
 
+class _Counting:
+    """A store that folds nothing, applied in a lane (a thread) like the DuckDBStore."""
+
+    blocking = True
+
+    def __init__(self) -> None:
+        self.checkpoint = self.applied = 0
+
+    def apply(self, batch: Batch) -> None:
+        self.applied += len(batch.events)
+        self.checkpoint = max(self.checkpoint, batch.last_seq)
+
+    def stats(self) -> StoreStats:
+        return StoreStats(checkpoint=self.checkpoint, applied=self.applied, quarantined=0)
+
+
+async def transport(config: LogConfig, last: int) -> tuple[float, int]:
+    """Seconds and events of the rebuild's catch-up into a store that only counts."""
+    store = _Counting()
+    projector = Projector(catch_up_config(config), [cast(Store, store)])
+    async with anyio.create_task_group() as tg:
+        began = time.perf_counter()
+        await tg.start(projector.run)
+        await projector.wait_for(last)
+        seconds = time.perf_counter() - began
+        tg.cancel_scope.cancel()
+    return seconds, store.applied
+
+
 def bench_rebuild(
     events: int, where: Path | None = None, batch_size: int | None = None
 ) -> dict[str, float]:
@@ -107,14 +142,16 @@ def bench_rebuild(
             began = time.perf_counter()
             stats = asyncio.run(rebuild(config, target, progress=sys.stderr.isatty()))
             seconds = time.perf_counter() - began
+            moved, counted = anyio.run(transport, config, stats.checkpoint)
             stream_bytes = sum(f.stat().st_size for f in (root / "nats").rglob("*") if f.is_file())
-        if stats.applied != events:
-            raise SystemExit(f"rebuild applied {stats.applied} of {events} events")
+        if stats.applied != events or counted != events:
+            raise SystemExit(f"rebuild applied {stats.applied} and {counted} of {events} events")
         return {
             "rebuild seconds": seconds,
             "rebuild rate": events / seconds,
             "rebuild load seconds": loaded,
             "rebuild load rate": events / loaded,
+            "rebuild transport rate": events / moved,
             "rebuild duckdb bytes": float(target.stat().st_size),
             "rebuild stream bytes": float(stream_bytes),
             "rebuild events per message": float(batch_size),

@@ -27,7 +27,7 @@ from workledger.projections.daemon import Projector, ProjectorConfig
 from workledger.stores.base import StoreStats
 from workledger.stores.duckdb import DuckDBStore, check_unlocked
 
-__all__ = ["rebuild", "rebuild_command"]
+__all__ = ["catch_up_config", "rebuild", "rebuild_command"]
 
 # Nobody queries a file being rebuilt, so batches can be ten times the live daemon's: DuckDB's
 # cost per statement and per commit is then spread over more events (benchmarks/duckdb_apply.py:
@@ -67,11 +67,11 @@ async def _last_seq(config: LogConfig) -> int:
         await client.close()
 
 
-async def _replay(config: LogConfig, store: DuckDBStore, last: int, progress: bool) -> None:
-    """Run the daemon's own projector on the one store until it covers ``last``."""
-    # A rebuild starts from what the stream holds: a stream with an age or size limit has
-    # lost its oldest messages by design, so that gap is expected, not an error.
-    catch_up = ProjectorConfig(
+def catch_up_config(config: LogConfig) -> ProjectorConfig:
+    """How a rebuild reads the stream: big batches, and from whatever the stream still holds
+    (a stream with an age or size limit has lost its oldest messages by design, so that gap
+    is expected, not an error)."""
+    return ProjectorConfig(
         log=config,
         allow_gap=True,
         max_batch=_MAX_BATCH,
@@ -79,7 +79,11 @@ async def _replay(config: LogConfig, store: DuckDBStore, last: int, progress: bo
         buffer=4 * _MAX_BATCH,
         buffer_bytes=8 * _MAX_BATCH_BYTES,
     )
-    projector = Projector(catch_up, [store])
+
+
+async def _replay(config: LogConfig, store: DuckDBStore, last: int, progress: bool) -> None:
+    """Run the daemon's own projector on the one store until it covers ``last``."""
+    projector = Projector(catch_up_config(config), [store])
     async with anyio.create_task_group() as tg:
         await tg.start(projector.run)
         with _progress_bar(progress, last) as advance:
