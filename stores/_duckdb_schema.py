@@ -35,7 +35,8 @@ __all__ = [
     "Table",
 ]
 
-SCHEMA_VERSION = 4  # 2: workers.lost; 3: events.idx, batch_seq, no primary keys; 4: materialized, folded
+# 2: workers.lost; 3: events.idx, batch_seq, no primary keys; 4: checkpoint.materialized, folded
+SCHEMA_VERSION = 4
 
 
 class _Type(NamedTuple):
