@@ -72,8 +72,14 @@ def new_event_id() -> str:
     return str(uuid_utils.uuid7())
 
 
-class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True):
-    """Fields every event carries. ``id`` and ``at`` are filled at publish time when missing."""
+class Event(
+    msgspec.Struct, frozen=True, kw_only=True, tag_field="type", omit_defaults=True, gc=False
+):
+    """Fields every event carries. ``id`` and ``at`` are filled at publish time when missing.
+
+    ``gc=False``: an event refers to no event, so it can be in no reference cycle, and the
+    millions a daemon keeps are not walked by every garbage collection.
+    """
 
     family: ClassVar[str]
     id: Annotated[str, msgspec.Meta(max_length=128)] = ""
@@ -110,7 +116,7 @@ def _check_time(name: str, moment: datetime | None) -> None:
     if moment is None:
         return
     try:
-        utc = moment.astimezone(UTC)
+        utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
     except (OverflowError, ValueError):
         utc = LATEST  # 9999-12-31T23:59-05:00 is in year 10000 in UTC
     if not EARLIEST <= utc < LATEST:

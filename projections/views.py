@@ -65,7 +65,7 @@ class WorkerStatus(enum.StrEnum):
     LOST = "LOST"
 
 
-class TaskView(msgspec.Struct, frozen=True, kw_only=True):
+class TaskView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One task as the log tells it. ``slot_acquired_at`` starts the current slot stretch."""
 
     task: str
@@ -88,7 +88,7 @@ class TaskView(msgspec.Struct, frozen=True, kw_only=True):
     error: str | None = None
 
 
-class WorkerView(msgspec.Struct, frozen=True, kw_only=True):
+class WorkerView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One worker's registration and liveness facts, before a clock is applied."""
 
     worker: str
@@ -168,7 +168,7 @@ class Quarantined(msgspec.Struct, frozen=True, kw_only=True):
     size: int
 
 
-class SlotInterval(msgspec.Struct, frozen=True, kw_only=True):
+class SlotInterval(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One stretch of a task holding a slot: from its first claim or start after a retry
     (or ever) to the next retry or its terminal event. ``released_at`` None: still held.
 
@@ -189,7 +189,7 @@ class SlotInterval(msgspec.Struct, frozen=True, kw_only=True):
     ended: TaskStatus | None  # RETRYING or a terminal status; None while held
 
 
-class WorkerSession(msgspec.Struct, frozen=True, kw_only=True):
+class WorkerSession(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One run of a worker, from a ``worker.started``.
 
     It ends at its ``worker.stopped``, or at the ``worker.lost`` that declared it dead;

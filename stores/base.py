@@ -34,7 +34,7 @@ from workledger.projections.views import (
 __all__ = ["Batch", "ReadModel", "Sequenced", "Store", "StoreStats"]
 
 
-class Sequenced(msgspec.Struct, frozen=True):
+class Sequenced(msgspec.Struct, frozen=True, gc=False):
     """An event with its position in the stream."""
 
     seq: int
