@@ -47,7 +47,7 @@ SIZES = (1, 10, 100, 500)
 _WATCH = 3600.0
 
 
-class _Counting:
+class Counting:
     """A store that folds nothing: what is left is the consumer and the decoding."""
 
     def __init__(self) -> None:
@@ -89,7 +89,7 @@ async def _publish(config: LogConfig, items: Sequence[ev.Event], size: int) -> t
         return len(items) / (time.perf_counter() - began), last
 
 
-async def _catch_up(config: LogConfig, last: int, store: MemoryStore | _Counting) -> float:
+async def _catch_up(config: LogConfig, last: int, store: MemoryStore | Counting) -> float:
     """Events/s of a daemon reading the whole stream into ``store``."""
     projector = Projector(ProjectorConfig(log=config, watch_interval=_WATCH), [cast(Store, store)])
     async with anyio.create_task_group() as tg:
@@ -128,7 +128,7 @@ async def _round(
         f"publish batch {size}": published,
         f"pipeline batch {size}": await _pipeline(items, _config(server, f"{name}_B"), size),
         f"catch-up batch {size}": await _catch_up(filled, last, MemoryStore()),
-        f"transport batch {size}": await _catch_up(filled, last, _Counting()),
+        f"transport batch {size}": await _catch_up(filled, last, Counting()),
     }
 
 

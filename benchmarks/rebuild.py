@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import cast
 
 import anyio
+import envelopes
 import publish
 import run
 
@@ -37,7 +38,7 @@ from workledger.core.log import LogConfig, connect, subject_for
 from workledger.core.nats_server import EmbeddedNats
 from workledger.projections.daemon import Projector
 from workledger.rebuild import catch_up_config, rebuild
-from workledger.stores.base import Batch, Store, StoreStats
+from workledger.stores.base import Store
 
 SYNC_EVERY = 5000
 BYTES_PER_EVENT = 700  # stream + DuckDB file, with room to spare (measured ~450 at 1M)
@@ -92,25 +93,15 @@ async def _load_batched(config: LogConfig, events: int, batch_size: int) -> floa
     return time.perf_counter() - began
 
 
-class _Counting:
+class _LanedCounting(envelopes.Counting):
     """A store that folds nothing, applied in a lane (a thread) like the DuckDBStore."""
 
     blocking = True
 
-    def __init__(self) -> None:
-        self.checkpoint = self.applied = 0
-
-    def apply(self, batch: Batch) -> None:
-        self.applied += len(batch.events)
-        self.checkpoint = max(self.checkpoint, batch.last_seq)
-
-    def stats(self) -> StoreStats:
-        return StoreStats(checkpoint=self.checkpoint, applied=self.applied, quarantined=0)
-
 
 async def transport(config: LogConfig, last: int) -> tuple[float, int]:
     """Seconds and events of the rebuild's catch-up into a store that only counts."""
-    store = _Counting()
+    store = _LanedCounting()
     projector = Projector(catch_up_config(config), [cast(Store, store)])
     async with anyio.create_task_group() as tg:
         began = time.perf_counter()

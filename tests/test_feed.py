@@ -378,7 +378,9 @@ def test_a_subscriber_that_never_reads_does_not_stall_the_daemon(
 ) -> None:
     """The checkpoint keeps advancing while one client reads nothing; that client is told it
     lagged once it reads again."""
-    history = fleet_history(30_000, seed=7)
+    # More than the subscriber's buffer (10,000 events) plus what the kernel holds for it: the
+    # server's send buffer grows up to 4 MiB (net.ipv4.tcp_wmem), ~27k events of ~150 bytes.
+    history = fleet_history(60_000, seed=7)
     with (
         daemon(log_stream, tmp_path) as (_, api),
         closing(_silent_subscriber(api)) as stuck,  # closed even when the test fails
