@@ -92,13 +92,18 @@ async def _publish(config: LogConfig, items: Sequence[ev.Event], size: int) -> t
 async def _catch_up(config: LogConfig, last: int, store: MemoryStore | Counting) -> float:
     """Events/s of a daemon reading the whole stream into ``store``."""
     projector = Projector(ProjectorConfig(log=config, watch_interval=_WATCH), [cast(Store, store)])
+    return store.stats().applied / await caught_up(projector, last)
+
+
+async def caught_up(projector: Projector, last: int) -> float:
+    """Seconds from starting ``projector`` until every store holds sequence ``last``."""
     async with anyio.create_task_group() as tg:
         began = time.perf_counter()
         await tg.start(projector.run)
         await projector.wait_for(last)
         seconds = time.perf_counter() - began
         tg.cancel_scope.cancel()
-    return store.stats().applied / seconds
+    return seconds
 
 
 async def _pipeline(items: Sequence[ev.Event], config: LogConfig, size: int) -> float:

@@ -103,13 +103,7 @@ async def transport(config: LogConfig, last: int) -> tuple[float, int]:
     """Seconds and events of the rebuild's catch-up into a store that only counts."""
     store = _LanedCounting()
     projector = Projector(catch_up_config(config), [cast(Store, store)])
-    async with anyio.create_task_group() as tg:
-        began = time.perf_counter()
-        await tg.start(projector.run)
-        await projector.wait_for(last)
-        seconds = time.perf_counter() - began
-        tg.cancel_scope.cancel()
-    return seconds, store.applied
+    return await envelopes.caught_up(projector, last), store.applied
 
 
 def bench_rebuild(
