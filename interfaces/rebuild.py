@@ -9,7 +9,6 @@ running daemon is refused before any work: stop the daemon, or rebuild to anothe
 from __future__ import annotations
 
 import functools
-import gc
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from workledger._options import log_config, log_options
 from workledger.core.errors import StoreError, WorkledgerError
 from workledger.core.log import LogConfig, connect, stream_info
-from workledger.projections.daemon import Projector, ProjectorConfig
+from workledger.projections.daemon import Projector, ProjectorConfig, fewer_collections
 from workledger.stores.base import StoreStats
 from workledger.stores.duckdb import DuckDBStore, check_unlocked
 
@@ -33,10 +32,6 @@ __all__ = ["catch_up_config", "rebuild", "rebuild_command"]
 # cost per statement and per commit is then spread over more events (benchmarks/duckdb_apply.py:
 # ~1.4x less CPU per event at 50000 than at 5000).
 _MAX_BATCH, _MAX_BATCH_BYTES = 50_000, 16 * 1024 * 1024
-# A rebuild allocates millions of objects that live on (the fold's state), so CPython's
-# default thresholds (700, 10, 10) collect every few hundred events and traverse the growing
-# fold again and again: 4.2 s of 24 s of CPU at 1M events; 0.4 s with these.
-_GC_THRESHOLDS = (100_000, 50, 100)
 
 
 async def rebuild(log_config: LogConfig, duckdb_path: Path, *, progress: bool = True) -> StoreStats:
@@ -49,8 +44,10 @@ async def rebuild(log_config: LogConfig, duckdb_path: Path, *, progress: bool = 
     last = await _last_seq(log_config)
     building = duckdb_path.with_name(f".{duckdb_path.name}.rebuild-{os.getpid()}")
     try:
-        with _fewer_collections(), DuckDBStore(building) as store:
-            await _replay(log_config, store, last, progress)
+        # Through the store's close too: writing its tables at the end allocates the most.
+        catch_up = catch_up_config(log_config)
+        with fewer_collections(catch_up.gc_thresholds), DuckDBStore(building) as store:
+            await _replay(catch_up, store, last, progress)
             stats = store.stats()
         _swap(building, duckdb_path)
     finally:
@@ -81,9 +78,9 @@ def catch_up_config(config: LogConfig) -> ProjectorConfig:
     )
 
 
-async def _replay(config: LogConfig, store: DuckDBStore, last: int, progress: bool) -> None:
+async def _replay(catch_up: ProjectorConfig, store: DuckDBStore, last: int, progress: bool) -> None:
     """Run the daemon's own projector on the one store until it covers ``last``."""
-    projector = Projector(catch_up_config(config), [store])
+    projector = Projector(catch_up, [store])
     async with anyio.create_task_group() as tg:
         await tg.start(projector.run)
         with _progress_bar(progress, last) as advance:
@@ -91,17 +88,6 @@ async def _replay(config: LogConfig, store: DuckDBStore, last: int, progress: bo
                 await projector.wait_for(projector.checkpoint + 1)
                 advance(projector.checkpoint)
         tg.cancel_scope.cancel()
-
-
-@contextmanager
-def _fewer_collections() -> Iterator[None]:
-    """Raise the garbage collector's thresholds for the rebuild, then restore them."""
-    before = gc.get_threshold()
-    gc.set_threshold(*_GC_THRESHOLDS)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
 
 
 @contextmanager

@@ -17,7 +17,8 @@ import math
 import operator
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeGuard
 
@@ -43,7 +44,14 @@ from workledger.projections import _groups, _position
 from workledger.projections.views import Quarantined
 from workledger.stores.base import Batch, Sequenced, Store
 
-__all__ = ["DaemonMetrics", "Listener", "Projector", "ProjectorConfig", "to_batch"]
+__all__ = [
+    "DaemonMetrics",
+    "Listener",
+    "Projector",
+    "ProjectorConfig",
+    "fewer_collections",
+    "to_batch",
+]
 
 _log = logging.getLogger(__name__)
 _QUARANTINE_KEEP_BYTES = 4096
@@ -553,3 +561,14 @@ class _Collector:
 
 
 _collector = _Collector()
+
+
+@contextmanager
+def fewer_collections(thresholds: tuple[int, int, int] | None) -> Iterator[None]:
+    """The collector's ``thresholds`` inside the block (None: left alone), counted with the
+    daemons' own, so whoever leaves last restores what was there before."""
+    _collector.relax(thresholds)
+    try:
+        yield
+    finally:
+        _collector.restore(thresholds)
