@@ -167,21 +167,20 @@ class DuckDBStore:
             return
         fresh = [item for item in batch.events if item.seq > done]
         held = [q for q in batch.quarantined if q.seq > done]
-        for item in fresh:
-            self._ledger.apply(item.event)
         write = _Write(batch.last_seq, applied=len(fresh), quarantined=len(held))
-        write.insert(schema.EVENTS, rows.event_table(fresh))
-        write.insert(schema.QUARANTINED, rows.quarantined_table(held))
-        now = time.monotonic()
-        due = now >= self._due
-        if due:
-            self._derive(write, save=now >= self._save_due)
         started = time.monotonic()
+        due = started >= self._due
         try:
+            for item in fresh:
+                self._ledger.apply(item.event)
+            write.insert(schema.EVENTS, rows.event_table(fresh))
+            write.insert(schema.QUARANTINED, rows.quarantined_table(held))
+            if due:
+                self._derive(write, save=started >= self._save_due)
             with self._translated(f"write the batch up to sequence {batch.last_seq}"):
                 _write(self._cursor(), write)
         except BaseException:
-            self._refold()
+            self._refold()  # the Ledger may hold what the file does not
             raise
         if due:
             self._derived(write, started)
@@ -203,8 +202,8 @@ class DuckDBStore:
         if self._materialized == checkpoint and (self._folded == checkpoint or not save):
             return
         write = _Write(checkpoint, applied=0, quarantined=0)
-        self._derive(write, save=save or time.monotonic() >= self._save_due)
         started = time.monotonic()
+        self._derive(write, save=save or started >= self._save_due)
         with self._translated(f"write the tables up to sequence {write.last_seq}"):
             _write(self._cursor(), write)
         self._derived(write, started)
@@ -219,9 +218,9 @@ class DuckDBStore:
         """Record a committed write of the derived rows; schedule the next.
 
         The next comes ``materialize_every`` seconds later, or three times as long as this one
-        took if that is longer, so writing behind never takes more than about a quarter of
-        the time however much changes (a rebuild's catch-up). ``materialize_every=0`` writes
-        them with every batch.
+        took (building the rows and writing them) if that is longer, so writing behind never
+        takes more than about a quarter of the time however much changes (a rebuild's
+        catch-up). ``materialize_every=0`` writes them with every batch.
         """
         now = time.monotonic()
         seq = write.last_seq
@@ -315,7 +314,9 @@ class DuckDBStore:
         if old_state:
             write.replace(schema.FOLD_STATE, pa.concat_tables(old_state))
         saved = write.saved
-        changed = Changes(saved["task"], saved["worker"], saved["pool"], saved["queue"])
+        changed = Changes(
+            tasks=saved["task"], workers=saved["worker"], pools=saved["pool"], queues=saved["queue"]
+        )
         write.insert(schema.FOLD_STATE, rows.fold_state_table(self._ledger, changed))
 
     def _touched(self) -> dict[str, Collection[Any]]:

@@ -143,6 +143,33 @@ def test_a_failed_write_changes_nothing_and_the_next_attempt_catches_up(
         )
 
 
+def test_a_failure_while_building_the_rows_changes_nothing_either(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch was folded before its rows failed to build: the fold is undone too, so the
+    tables written behind show only what the file holds, and a retry applies cleanly."""
+    history = fleet()
+    first, second, third = batch(history[:5]), batch(history[5:10], 6), batch(history[10:], 11)
+    store = DuckDBStore(path, materialize_every=3600)
+    store.apply(first)
+    store.apply(second)  # committed; its rows are still to be written
+
+    def broken(*args: object) -> object:
+        raise MemoryError("no room for the rows")
+
+    monkeypatch.setattr(duckdb_store.rows, "event_table", broken)
+    with pytest.raises(MemoryError):
+        store.apply(third)
+    monkeypatch.undo()
+    assert (store.read_model(), store.stats()) == (
+        reference([first, second]).read_model(),
+        reference([first, second]).stats(),
+    )
+    store.apply(third)
+    assert store.read_model() == reference([batch(history)]).read_model()
+    store.close()
+
+
 def test_a_file_held_by_another_process_is_refused_with_a_clear_message(path: Path) -> None:
     """DuckDB's lock error becomes a StoreError that says what to do."""
     DuckDBStore(path).close()
