@@ -27,6 +27,7 @@ import msgspec
 
 from workledger.core import events as ev
 from workledger.projections.views import (
+    HOLDING_SLOT,
     PoolView,
     QueueView,
     SlotInterval,
@@ -46,9 +47,6 @@ _TERMINAL_STATUS: dict[type[ev.Event], TaskStatus] = {
     ev.TaskCancelled: TaskStatus.CANCELLED,
     ev.TaskCrashed: TaskStatus.CRASHED,
 }
-
-
-_HOLDING = frozenset({TaskStatus.PENDING, TaskStatus.RUNNING})  # TaskStatus.holds_slot
 
 
 def _later(current: ev.Event | None, candidate: ev.Event) -> bool:
@@ -147,7 +145,7 @@ class _TaskRecord:
             item=sub.item if sub else None,
             worker=latest.worker if latest else None,
             submitted_at=sub.at if sub else None,
-            slot_acquired_at=marks[0].at if marks and status in _HOLDING else None,
+            slot_acquired_at=marks[0].at if marks and status in HOLDING_SLOT else None,
             started_at=first_start.at if first_start else None,
             finished_at=self.terminal.at if self.terminal else None,
             updated_at=self.updated_at,

@@ -23,6 +23,8 @@ from workledger.projections.fold import Ledger
 from workledger.projections.liveness import DEFAULT_MULTIPLIER, liveness
 from workledger.projections.utilization import Grouping, UtilizationRow, Window, utilization
 from workledger.projections.views import (
+    HOLDING_SLOT,
+    TERMINAL,
     PoolView,
     Quarantined,
     QueueView,
@@ -51,8 +53,6 @@ __all__ = ["FleetCounts", "MemoryStore", "write_snapshot"]
 _Pair = tuple[str | None, str | None]
 _FINAL = frozenset({WorkerStatus.STOPPED, WorkerStatus.LOST})  # no clock changes these
 _WINDOWED = frozenset({"worker", "pool", "task_key", "stage"})  # see MemoryStore._touching
-_HOLDS = frozenset(s for s in TaskStatus if s.holds_slot)  # a set lookup, not a property call
-_TERMINAL = frozenset(s for s in TaskStatus if s.terminal)
 
 _EPOCH = datetime.min
 
@@ -179,7 +179,7 @@ class MemoryStore:
             _tally(self._unfinished_pairs, after, 1)
 
     def _place(self, view: TaskView) -> None:
-        where = (self._pool_of(view), view.queue) if view.status in _HOLDS else None
+        where = (self._pool_of(view), view.queue) if view.status in HOLDING_SLOT else None
         self._slots.place(view.task, where)
 
     def _settle(self) -> None:
@@ -501,14 +501,14 @@ def _worker_pairs(view: WorkerView) -> list[_Pair]:
 
 def _unfinished_pair(view: TaskView | None) -> list[_Pair]:
     """An unfinished task naming its pool names its (pool, queue) too."""
-    if view is None or view.status in _TERMINAL or view.pool is None:
+    if view is None or view.status in TERMINAL or view.pool is None:
         return []
     return [(view.pool, view.queue)]
 
 
 def _holder(view: TaskView | None) -> tuple[str, bool] | None:
     """The worker whose slot the task holds, and whether it borrows that worker's pool."""
-    if view is None or view.worker is None or view.status not in _HOLDS:
+    if view is None or view.worker is None or view.status not in HOLDING_SLOT:
         return None
     return view.worker, view.pool is None
 
