@@ -1,0 +1,234 @@
+"""The ``tasks`` and ``slot_intervals`` tables in SQL, straight from the raw ``events``.
+
+A rebuild folds millions of task events; deriving these two tables set-based in DuckDB (hash
+aggregates, a window over claims, starts and retries) spares it a Python view per task. The
+reference is the fold's ``_TaskRecord`` (:mod:`workledger.projections.fold`): each CTE below
+names the rule it mirrors, and tests/test_duckdb_derive_tasks.py holds the rows to
+``Ledger.task`` and ``Ledger.intervals``.
+
+Order-free and idempotent like the fold: every "latest" or "first" is an ``arg_max``/``min``
+over ``("at", id)``, which a repeated event (same id, another ``seq``) cannot change, and the
+only counts (retries, and the retries before a mark) are over distinct ids.
+"""
+
+from __future__ import annotations
+
+from workledger.core import events as ev
+from workledger.projections.views import TaskStatus
+from workledger.stores import _duckdb_schema as schema
+
+__all__ = ["slot_intervals_select", "tasks_select"]
+
+
+def _tag(kind: type[ev.Event]) -> str:
+    return f"'{kind.__struct_config__.tag}'"
+
+
+_SUBMITTED, _CLAIMED, _STARTED = _tag(ev.TaskSubmitted), _tag(ev.TaskClaimed), _tag(ev.TaskStarted)
+_PROGRESS, _RETRYING = _tag(ev.TaskProgress), _tag(ev.TaskRetrying)
+_COMPLETED, _FAILED = _tag(ev.TaskCompleted), _tag(ev.TaskFailed)
+_CANCELLED, _CRASHED = _tag(ev.TaskCancelled), _tag(ev.TaskCrashed)
+_TERMINALS = f"{_COMPLETED}, {_FAILED}, {_CANCELLED}, {_CRASHED}"
+# The payload fields read, as json_transform structures (one parse per payload).
+_SUBMITTED_FIELDS = (
+    '{"task_key": "VARCHAR", "stage": "VARCHAR", "item": "VARCHAR", "priority": "BIGINT"}'
+)
+_PROGRESS_FIELDS = '{"progress": "DOUBLE", "message": "VARCHAR"}'
+# fold._TERMINAL_STATUS: a terminal event's tag -> its status.
+_TERMINAL_STATUS = f"""CASE {{tag}}
+    WHEN {_COMPLETED} THEN '{TaskStatus.COMPLETED}' WHEN {_FAILED} THEN '{TaskStatus.FAILED}'
+    WHEN {_CANCELLED} THEN '{TaskStatus.CANCELLED}' WHEN {_CRASHED} THEN '{TaskStatus.CRASHED}'
+    END"""
+
+
+def _common(events: str, reports: str = "") -> str:
+    """CTEs both statements share: the task events and each task's registers (``reports``:
+    more aggregates of ``registers``)."""
+    return f"""
+task_events AS NOT MATERIALIZED (
+    -- Ledger.apply: only task events reach a _TaskRecord.
+    SELECT task, id, type, "at", worker, pool, queue, payload
+    FROM {events} AS e
+    WHERE task IS NOT NULL AND starts_with(type, 'task.')
+),
+registers AS (
+    -- _TaskRecord.apply: the latest (by ("at", id)) submitted, terminal and pool hint (any
+    -- event with a pool), and the latest time.
+    SELECT task,
+        arg_max_null({{'at': "at", 'pool': pool, 'queue': queue, 'payload': payload}}, ("at", id))
+            FILTER (WHERE type = {_SUBMITTED}) AS sub,
+        max(("at", id)) FILTER (WHERE type IN ({_TERMINALS})) AS term_key,
+        arg_max_null(type, ("at", id)) FILTER (WHERE type IN ({_TERMINALS})) AS term_type,
+        arg_max_null({{'pool': pool, 'queue': queue}}, ("at", id))
+            FILTER (WHERE pool IS NOT NULL) AS hint,
+        max("at") AS updated_at{reports}
+    FROM task_events
+    GROUP BY task
+),
+placed AS (
+    -- _TaskRecord._placement: pool, queue, task key and stage from task.submitted, else pool
+    -- and queue from the latest hint (no key, no stage); the terminal's status.
+    SELECT *,
+        CASE WHEN sub IS NULL THEN hint.pool ELSE sub.pool END AS pool,
+        CASE WHEN sub IS NULL THEN hint.queue ELSE sub.queue END AS queue,
+        json_transform(sub.payload, '{_SUBMITTED_FIELDS}') AS submitted,
+        {_TERMINAL_STATUS.format(tag="term_type")} AS term_status
+    FROM registers
+)"""  # noqa: S608 (our SQL around a table name)
+
+
+def _select(table: schema.Table, expressions: dict[str, str]) -> str:
+    """The table's columns, in order, each cast to its SQL type."""
+    return ",\n    ".join(
+        f'CAST({expressions[name]} AS {kind.sql}) AS "{name}"'
+        for name, kind in table.columns.items()
+    )
+
+
+_TASK_COLUMNS = {
+    "task": "p.task",
+    # _TaskRecord._status: terminal > RUNNING (a start in the stretch) > PENDING (claims
+    # only) > RETRYING (any retry) > SUBMITTED > UNKNOWN.
+    "status": f"""CASE
+        WHEN p.term_key IS NOT NULL THEN p.term_status
+        WHEN s.first_start IS NOT NULL THEN '{TaskStatus.RUNNING}'
+        WHEN s.task IS NOT NULL THEN '{TaskStatus.PENDING}'
+        WHEN r.task IS NOT NULL THEN '{TaskStatus.RETRYING}'
+        WHEN p.sub IS NOT NULL THEN '{TaskStatus.SUBMITTED}'
+        ELSE '{TaskStatus.UNKNOWN}' END""",
+    "pool": "p.pool",
+    "queue": "p.queue",
+    "task_key": "p.submitted.task_key",
+    "stage": "p.submitted.stage",
+    "priority": "p.submitted.priority",
+    "item": "p.submitted.item",
+    # view(): the stretch's latest start, else its latest claim.
+    "worker": "coalesce(s.start_worker, s.mark_worker)",
+    "submitted_at": "p.sub.at",
+    # view(): the stretch's first mark, while the task holds a slot (PENDING or RUNNING).
+    "slot_acquired_at": "CASE WHEN p.term_key IS NULL THEN s.first_mark END",
+    "started_at": "s.first_start",
+    "finished_at": "p.term_key[1]",
+    "updated_at": "p.updated_at",
+    "retries": "coalesce(r.retries, 0)",
+    "progress": "p.progress.progress",
+    "message": "p.progress.message",
+    # _TaskRecord._error: failed.error, crashed.reason, else the latest retry's error.
+    "error": f"""CASE p.term_type
+        WHEN {_FAILED} THEN p.term_payload->>'error'
+        WHEN {_CRASHED} THEN p.term_payload->>'reason'
+        ELSE r.retry_payload->>'error' END""",
+}
+
+# For tasks alone: the latest terminal's payload (its error) and the latest progress report.
+_REPORTS = f""",
+        arg_max_null(payload, ("at", id)) FILTER (WHERE type IN ({_TERMINALS})) AS term_payload,
+        json_transform(
+            arg_max_null(payload, ("at", id)) FILTER (WHERE type = {_PROGRESS}),
+            '{_PROGRESS_FIELDS}'
+        ) AS progress"""
+
+
+def tasks_select(events: str) -> str:
+    """The ``tasks`` table's rows (no ``batch_seq``): ``Ledger.task`` of every task."""
+    return f"""
+WITH {_common(events, _REPORTS)},
+retried AS (
+    -- _TaskRecord.apply: the latest retry and how many there are (by id); few tasks have any.
+    SELECT task,
+        max(("at", id)) AS retry_key,
+        arg_max_null(payload, ("at", id)) AS retry_payload,
+        count(DISTINCT id) AS retries
+    FROM task_events
+    WHERE type = {_RETRYING}
+    GROUP BY task
+),
+stretch AS (
+    -- _TaskRecord._stretch: the claims and starts strictly after the latest retry by
+    -- ("at", id) (bisect_right), reduced to view()'s first mark, first start, latest start's
+    -- worker and latest mark's worker. No row: the stretch is empty.
+    SELECT m.task,
+        min(m."at") AS first_mark,
+        min(m."at") FILTER (WHERE m.type = {_STARTED}) AS first_start,
+        arg_max(m.worker, (m."at", m.id)) FILTER (WHERE m.type = {_STARTED}) AS start_worker,
+        arg_max(m.worker, (m."at", m.id)) AS mark_worker
+    FROM task_events AS m
+    LEFT JOIN retried AS r USING (task)
+    WHERE m.type IN ({_CLAIMED}, {_STARTED})
+        AND (r.retry_key IS NULL OR (m."at", m.id) > r.retry_key)
+    GROUP BY m.task
+)
+SELECT
+    {_select(schema.TASKS, _TASK_COLUMNS)}
+FROM placed AS p
+LEFT JOIN retried AS r USING (task)
+LEFT JOIN stretch AS s USING (task)"""  # noqa: S608 (our SQL around a table name)
+
+
+# _release: the stretch's retry when there is no terminal or the terminal is after it.
+_BY_RETRY = 'r.id IS NOT NULL AND (p.term_key IS NULL OR p.term_key > (r."at", r.id))'
+_INTERVAL_COLUMNS = {
+    "task": "s.task",
+    # intervals(): the stretch's index among all stretches, empty ones counted, from 1.
+    "attempt": "s.stretch + 1",
+    # _interval: the stretch's latest start, else its latest mark.
+    "worker": "coalesce(s.start_worker, s.mark_worker)",
+    "pool": "p.pool",
+    "queue": "p.queue",
+    "task_key": "p.submitted.task_key",
+    "stage": "p.submitted.stage",
+    "acquired_at": "s.acquired_at",
+    "started_at": "s.started_at",
+    # _release: released at the retry, else at the terminal; never before acquired_at.
+    "released_at": f"""CASE
+        WHEN {_BY_RETRY} THEN greatest(r."at", s.acquired_at)
+        WHEN p.term_key IS NOT NULL THEN greatest(p.term_key[1], s.acquired_at) END""",
+    "ended": f"""CASE
+        WHEN {_BY_RETRY} THEN '{TaskStatus.RETRYING}'
+        WHEN p.term_key IS NOT NULL THEN p.term_status END""",
+}
+
+
+def slot_intervals_select(events: str) -> str:
+    """The ``slot_intervals`` table's rows (no ``batch_seq``): ``Ledger.intervals`` of every
+    task."""
+    return f"""
+WITH {_common(events)},
+retries AS (
+    -- intervals(): the task's retries sorted by ("at", id), numbered from 1; the same id
+    -- twice is one retry.
+    SELECT task, "at", id, row_number() OVER (PARTITION BY task ORDER BY "at", id) AS n
+    FROM (SELECT DISTINCT task, "at", id FROM task_events WHERE type = {_RETRYING})
+),
+timeline AS (
+    -- intervals(): a claim or start falls in the stretch after the retries sorted before it
+    -- (bisect_left: a retry with the mark's own key is not before it, so retries sort after
+    -- marks of equal key); its stretch is how many there are.
+    SELECT task, type, worker, "at", id, is_retry,
+        sum(is_retry) OVER (
+            PARTITION BY task ORDER BY "at", id, is_retry ROWS UNBOUNDED PRECEDING
+        ) AS stretch
+    FROM (
+        SELECT task, type, worker, "at", id, 0 AS is_retry
+        FROM task_events WHERE type IN ({_CLAIMED}, {_STARTED})
+        UNION ALL
+        SELECT task, NULL, NULL, "at", id, 1 FROM retries
+    )
+),
+stretches AS (
+    -- intervals() skips empty stretches; _interval: first mark, first start, workers.
+    SELECT task, stretch,
+        min("at") AS acquired_at,
+        min("at") FILTER (WHERE type = {_STARTED}) AS started_at,
+        arg_max(worker, ("at", id)) FILTER (WHERE type = {_STARTED}) AS start_worker,
+        arg_max(worker, ("at", id)) AS mark_worker
+    FROM timeline
+    WHERE is_retry = 0
+    GROUP BY task, stretch
+)
+SELECT
+    {_select(schema.SLOT_INTERVALS, _INTERVAL_COLUMNS)}
+FROM stretches AS s
+JOIN placed AS p USING (task)
+-- intervals(): stretch i (from 0) ends at retry i + 1; the last stretch has none.
+LEFT JOIN retries AS r ON r.task = s.task AND r.n = s.stretch + 1"""  # noqa: S608
