@@ -1,7 +1,7 @@
 """The SQL derivation of ``tasks`` and ``slot_intervals`` gives the fold's rows.
 
-Each history is applied to a real DuckDB file by :class:`DuckDBStore`, whose derived tables
-come from the Python fold; the SQL reads the same file's ``events`` and must give the same rows.
+Each history is applied to a real DuckDB file by :class:`DuckDBStore`; the SQL reads the file's
+``events`` and must give the rows the Python fold gives for them (:func:`fold_rows`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from workledger.stores._duckdb_derive_tasks import slot_intervals_select, tasks_
 from workledger.stores.base import Batch, Sequenced
 from workledger.stores.duckdb import DuckDBStore
 
+from .fold_rows import fold_rows
 from .histories import BASE, histories
 
 Rows = list[tuple[Any, ...]]
@@ -55,11 +56,14 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str) -> Rows:
 
 
 def fold_and_sql(con: duckdb.DuckDBPyConnection, events: str = "events") -> dict[str, Rows]:
-    """Per table: the fold's rows, then the SQL's."""
+    """Per table: the fold's rows of every event in the file, then the SQL's of ``events``."""
     found = {}
-    for table, select in (("tasks", tasks_select), ("slot_intervals", slot_intervals_select)):
-        found[table] = rows(con, f"SELECT * EXCLUDE (batch_seq) FROM {table}")
-        found[f"sql {table}"] = rows(con, select(events))
+    for table, select in (
+        (schema.TASKS, tasks_select),
+        (schema.SLOT_INTERVALS, slot_intervals_select),
+    ):
+        found[table.name] = fold_rows(con, table)
+        found[f"sql {table.name}"] = rows(con, select(events))
     return found
 
 
