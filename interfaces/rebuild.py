@@ -1,14 +1,17 @@
 """Rebuild: replay the whole stream into a fresh DuckDB file, then swap it in.
 
 The log is the only source of truth, so a rebuilt file equals the one a live daemon wrote (same
-fold, same events). It is built beside the target under a temporary name and renamed over it
-only when complete, so a half-built file never replaces a good one. A target held open by a
-running daemon is refused before any work: stop the daemon, or rebuild to another path.
+events, same store). Nobody reads the file while it is built, so the store derives its tables
+once, at the end, from ``events`` alone. It is built beside the target under a temporary name
+and renamed over it only when complete, so a half-built file never replaces a good one. A
+target held open by a running daemon is refused before any work: stop the daemon, or rebuild
+to another path.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,9 +47,9 @@ async def rebuild(log_config: LogConfig, duckdb_path: Path, *, progress: bool = 
     last = await _last_seq(log_config)
     building = duckdb_path.with_name(f".{duckdb_path.name}.rebuild-{os.getpid()}")
     try:
-        # Through the store's close too: writing its tables at the end allocates the most.
         catch_up = catch_up_config(log_config)
-        with fewer_collections(catch_up.gc_thresholds), DuckDBStore(building) as store:
+        gc = fewer_collections(catch_up.gc_thresholds)
+        with gc, DuckDBStore(building, materialize_every=math.inf) as store:
             await _replay(catch_up, store, last, progress)
             stats = store.stats()
         _swap(building, duckdb_path)

@@ -15,18 +15,15 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from workledger.core.events import Event, event_types
-from workledger.projections.fold import Changes, Ledger
+from workledger.core.events import event_types
 from workledger.projections.views import Quarantined
-from workledger.stores._duckdb_schema import EVENTS, FOLD_STATE, QUARANTINED, Table
+from workledger.stores._duckdb_schema import EVENTS, QUARANTINED, Table
 from workledger.stores.base import Sequenced
 
 __all__ = [
     "event_table",
-    "fold_state_table",
     "positions",
     "quarantined_table",
-    "queue_key",
     "struct_table",
     "times",
 ]
@@ -81,27 +78,6 @@ def positions(seqs: Sequence[int]) -> list[int]:
         previous = seq
         found.append(index)
     return found
-
-
-def queue_key(pool: str, queue: str) -> str:
-    """A queue's ``fold_state.key``: a JSON array, unambiguous whatever the names hold."""
-    return _json.encode([pool, queue]).decode()
-
-
-def fold_state_table(ledger: Ledger, changes: Changes) -> pa.Table:
-    """The retained events (msgpack) of every record the batch touched."""
-    keyed: list[tuple[str, str, Iterable[Event]]] = [
-        *(("task", t, ledger.retained("task", t)) for t in changes.tasks),
-        *(("worker", w, ledger.retained("worker", w)) for w in changes.workers),
-        *(("pool", p, ledger.retained("pool", p)) for p in changes.pools),
-        *(("queue", queue_key(*q), ledger.retained("queue", q)) for q in changes.queues),
-    ]
-    columns: dict[str, list[Any]] = {
-        "kind": [kind for kind, _, _ in keyed],
-        "key": [key for _, key, _ in keyed],
-        "events": [_msgpack.encode(events) for _, _, events in keyed],
-    }
-    return _table(FOLD_STATE, columns)
 
 
 def times(values: Iterable[datetime | None]) -> pa.Array:

@@ -21,10 +21,10 @@ __all__ = [
     "BATCH_SEQ",
     "CHECKPOINT",
     "EVENTS",
-    "FOLD_STATE",
     "POOLS",
     "QUARANTINED",
     "QUEUES",
+    "RETAINED",
     "SCHEMA_VERSION",
     "SLOT_INTERVALS",
     "TABLES",
@@ -35,8 +35,9 @@ __all__ = [
     "Table",
 ]
 
-# 2: workers.lost; 3: events.idx, batch_seq, no primary keys; 4: checkpoint.materialized, folded
-SCHEMA_VERSION = 4
+# 2: workers.lost; 3: events.idx, batch_seq, no primary keys; 4: checkpoint.materialized, folded;
+# 5: tables derived in SQL, ``retained`` instead of ``fold_state`` (and checkpoint.folded)
+SCHEMA_VERSION = 5
 
 
 class _Type(NamedTuple):
@@ -233,10 +234,10 @@ QUARANTINED = Table(
     {"seq": _BIGINT, "subject": _TEXT, "reason": _TEXT, "data": _BLOB, "size": _BIGINT},
 )
 
-FOLD_STATE = Table(
-    "fold_state",
-    {"kind": _TEXT, "key": _TEXT, "events": _PACKED},
-    entity=("kind", "key"),
+RETAINED = Table(
+    "retained",
+    {"kind": _TEXT, **EVENTS.columns},
+    entity=("kind", "task", "worker", "pool", "queue"),
 )
 
 CHECKPOINT = Table(
@@ -248,7 +249,6 @@ CHECKPOINT = Table(
         "quarantined": _BIGINT,
         "schema_version": _INT,
         "materialized": _BIGINT,
-        "folded": _BIGINT,
     },
 )
 
@@ -261,7 +261,7 @@ TABLES = (
     POOLS,
     QUEUES,
     QUARANTINED,
-    FOLD_STATE,
+    RETAINED,
     CHECKPOINT,
 )
 

@@ -1,15 +1,13 @@
 """The DuckDB store: the durable read model analysts query with SQL.
 
-Batches are folded by the same :class:`~workledger.projections.fold.Ledger` as the in-memory
-store (one implementation of the rules). Each batch commits its raw events and the checkpoint:
-that is what makes it durable. The derived tables (the rows of every task, worker, pool and
-queue) are written behind, at most once a ``materialize_every`` seconds and before any read,
-copy or close: an entity touched by many events between two of those is written once, which is
-most of what a write used to cost. The fold's retained events (``fold_state``, what a restart
-folds instead of the whole log) are written less often still, once a ``fold_state_every``
-seconds and on close. Reopening the file restores the Ledger from ``fold_state`` and folds the
-events committed after it (``checkpoint.folded``) from the file's own ``events``, so a restart
-replays nothing from the stream it already has.
+Each batch commits its raw events and the checkpoint: that is what makes it durable, and all
+the Python it costs is building one Arrow table of them. The derived tables (the rows of every
+task, worker, pool and queue) are derived from those events in SQL
+(:mod:`workledger.stores._duckdb_derive`, held to the Python fold by property tests), at most
+once a ``materialize_every`` seconds and before any read, copy or close: an entity touched by
+many events between two of those is written once, from its ``retained`` events and the new
+ones. Nothing is folded in Python, so a restart restores nothing: the next write derives what
+the last one had not.
 
 Queries are SQL over the tables and views of :mod:`workledger.stores._duckdb_schema`; worker
 liveness is the one rule of :mod:`workledger.projections.liveness`, applied to the fetched rows.
@@ -22,9 +20,10 @@ one between two batches (see :mod:`workledger.stores._duckdb_copy` and ``docs/an
 
 from __future__ import annotations
 
+import math
 import threading
 import time
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -36,8 +35,6 @@ import msgspec
 import pyarrow as pa
 
 from workledger.core.errors import StoreError
-from workledger.core.events import EventType
-from workledger.projections.fold import Changes, Ledger
 from workledger.projections.liveness import DEFAULT_MULTIPLIER, liveness
 from workledger.projections.utilization import Grouping, UtilizationRow
 from workledger.projections.views import (
@@ -57,16 +54,13 @@ from workledger.projections.views import (
 from workledger.stores import _duckdb_rows as rows
 from workledger.stores import _duckdb_schema as schema
 from workledger.stores._duckdb_copy import publish_copy
+from workledger.stores._duckdb_derive import derive
 from workledger.stores._duckdb_utilization import utilization_sql
 from workledger.stores.base import Batch, ReadModel, StoreStats
 
 __all__ = ["DuckDBStore", "check_unlocked"]
 
 _S = TypeVar("_S")
-_C = TypeVar("_C", dict[Any, int], set[Any])
-_events = msgspec.msgpack.Decoder(list[EventType])
-_payload = msgspec.json.Decoder(EventType)
-_queue_key = msgspec.json.Decoder(tuple[str, str])
 
 
 class DuckDBStore:
@@ -80,33 +74,23 @@ class DuckDBStore:
         *,
         read_only: bool = False,
         materialize_every: float = 1.0,
-        fold_state_every: float = 10.0,
     ) -> None:
         self.path = Path(path)
         self.read_only = read_only
         self.materialize_every = materialize_every
-        self.fold_state_every = fold_state_every
         self._db = _connect(self.path, read_only)
         self._cursors: list[duckdb.DuckDBPyConnection] = []
         self._local = threading.local()
         self._lock = threading.Lock()
         self._writing = threading.Lock()  # a batch and a published copy never overlap
-        self._ledger = Ledger()
-        # The batch_seq of each entity's rows in the file, by family: where deletes look; of its
-        # fold_state row; and the entities whose fold_state row is older than the Ledger.
-        self._written: dict[str, dict[Any, int]] = _by_family(dict)
-        self._saved: dict[str, dict[Any, int]] = _by_family(dict)
-        self._unsaved: dict[str, set[Any]] = _by_family(set)
         self._closed = False
-        self._due = 0.0  # time.monotonic() when the derived tables are next written
-        self._save_due = time.monotonic() + fold_state_every  # and fold_state
+        # time.monotonic() when the tables are next derived: with the first batch, unless never
+        self._due = 0.0 if math.isfinite(materialize_every) else math.inf
         try:
             with self._translated("open"):
                 if not read_only:
                     _create_schema(self._cursor())
-                self._stats, self._materialized, self._folded = self._read_stats()
-                if not read_only:  # read-only queries read the tables, never the Ledger
-                    self._restore()
+                self._stats, self._materialized = self._read_stats()
         except BaseException:
             self._release()
             raise
@@ -123,7 +107,7 @@ class DuckDBStore:
         try:
             if not self.read_only:
                 with self._writing:
-                    self._materialize(save=True)
+                    self._materialize()
                 with self._translated("checkpoint"):
                     self._cursor().execute("CHECKPOINT")
         finally:
@@ -151,10 +135,10 @@ class DuckDBStore:
     # --- writes ------------------------------------------------------------------------------
 
     def apply(self, batch: Batch) -> None:
-        """Fold, then commit the batch's events and checkpoint (and the derived rows when due).
+        """Commit the batch's events and checkpoint (and derive the tables when due).
 
         Events at or below the checkpoint are skipped. If the write fails, the file is as it
-        was and the Ledger is folded again from it, so a retried batch applies cleanly.
+        was, so a retried batch applies cleanly.
         """
         if self.read_only:
             raise StoreError(f"DuckDB file {self.path} is open read-only")
@@ -168,22 +152,9 @@ class DuckDBStore:
         fresh = [item for item in batch.events if item.seq > done]
         held = [q for q in batch.quarantined if q.seq > done]
         write = _Write(batch.last_seq, applied=len(fresh), quarantined=len(held))
-        started = time.monotonic()
-        due = started >= self._due
-        try:
-            for item in fresh:
-                self._ledger.apply(item.event)
-            write.insert(schema.EVENTS, rows.event_table(fresh))
-            write.insert(schema.QUARANTINED, rows.quarantined_table(held))
-            if due:
-                self._derive(write, save=started >= self._save_due)
-            with self._translated(f"write the batch up to sequence {batch.last_seq}"):
-                _write(self._cursor(), write)
-        except BaseException:
-            self._refold()  # the Ledger may hold what the file does not
-            raise
-        if due:
-            self._derived(write, started)
+        write.insert(schema.EVENTS, rows.event_table(fresh))
+        write.insert(schema.QUARANTINED, rows.quarantined_table(held))
+        self._commit(write, derive=time.monotonic() >= self._due)
         s = self._stats
         self._stats = StoreStats(
             checkpoint=batch.last_seq,
@@ -191,22 +162,14 @@ class DuckDBStore:
             quarantined=s.quarantined + len(held),
         )
 
-    def _materialize(self, *, save: bool = False) -> None:
-        """Write the derived rows of everything folded since they were last written, and
-        ``fold_state`` if ``save`` or it is due.
+    def _materialize(self) -> None:
+        """Derive the tables of everything committed since they were last derived.
 
-        The caller holds ``_writing``. On failure the Ledger keeps its record of what changed,
-        so the next attempt writes it all.
+        The caller holds ``_writing``.
         """
         checkpoint = self._stats.checkpoint
-        if self._materialized == checkpoint and (self._folded == checkpoint or not save):
-            return
-        write = _Write(checkpoint, applied=0, quarantined=0)
-        started = time.monotonic()
-        self._derive(write, save=save or started >= self._save_due)
-        with self._translated(f"write the tables up to sequence {write.last_seq}"):
-            _write(self._cursor(), write)
-        self._derived(write, started)
+        if self._materialized != checkpoint:
+            self._commit(_Write(checkpoint, applied=0, quarantined=0), derive=True)
 
     def _current(self) -> None:
         """Before a read: bring the derived tables up to the checkpoint."""
@@ -214,37 +177,23 @@ class DuckDBStore:
             with self._writing:
                 self._materialize()
 
-    def _derived(self, write: _Write, started: float) -> None:
-        """Record a committed write of the derived rows; schedule the next.
+    def _commit(self, write: _Write, *, derive: bool) -> None:
+        """Run ``write`` in one transaction, deriving the tables up to it with ``derive``.
 
-        The next comes ``materialize_every`` seconds later, or three times as long as this one
-        took (building the rows and writing them) if that is longer, so writing behind never
-        takes more than about a quarter of the time however much changes (a rebuild's
-        catch-up). ``materialize_every=0`` writes them with every batch.
+        The next derivation comes ``materialize_every`` seconds later, or three times as long
+        as this write took if that is longer, so deriving never takes more than about a
+        quarter of the time however much changes (a rebuild's catch-up).
+        ``materialize_every=0`` derives them with every batch.
         """
-        now = time.monotonic()
-        seq = write.last_seq
-        for family, keys in self._touched().items():
-            self._written[family].update(dict.fromkeys(keys, seq))
-            if write.saved is None:
-                self._unsaved[family].update(keys)
-        if write.saved is not None:
-            for family, keys in write.saved.items():
-                self._saved[family].update(dict.fromkeys(keys, seq))
-            self._unsaved = _by_family(set)
-            self._folded = seq
-            self._save_due = now + max(self.fold_state_every, 3 * (now - started))
-        self._ledger.changes.clear()
-        self._materialized = seq
-        if self.materialize_every > 0:
-            self._due = now + max(self.materialize_every, 3 * (now - started))
-
-    def _refold(self) -> None:
-        """After a failed write the Ledger is ahead of the file: fold it again from the file."""
-        self._ledger = Ledger()
-        self._written, self._saved = _by_family(dict), _by_family(dict)
-        self._unsaved = _by_family(set)
-        self._restore()
+        started = time.monotonic()
+        since = self._materialized if derive else None
+        with self._translated(f"write the batch up to sequence {write.last_seq}"):
+            _write(self._cursor(), write, since)
+        if derive:
+            self._materialized = write.last_seq
+            if self.materialize_every > 0:
+                now = time.monotonic()
+                self._due = now + max(self.materialize_every, 3 * (now - started))
 
     def publish(self, target: Path) -> StoreStats:
         """Write a copy of the file as of the last committed batch to ``target``, atomically.
@@ -266,67 +215,6 @@ class DuckDBStore:
             except OSError as exc:
                 raise StoreError(f"DuckDB file {self.path}: cannot {action}: {exc}") from exc
             return stats
-
-    def _derive(self, write: _Write, *, save: bool) -> None:
-        """Add to ``write`` the derived rows of every entity changed since the last time, and
-        with ``save`` the ``fold_state`` rows of every entity changed since they were written.
-
-        Each touched entity's old rows are deleted through the ``batch_seq`` that wrote them
-        (kept in ``_written`` and ``_saved``), so a delete reads only those writes' row groups.
-        """
-        write.materialized = write.last_seq
-        ledger, changes = self._ledger, self._ledger.changes
-        for family, keys in self._touched().items():
-            old = _old(self._written[family], family, keys)
-            if old.num_rows:
-                for table in _FAMILY_TABLES[family]:
-                    write.replace(table, old)
-        if save:
-            self._save(write)
-        tasks = [v for v in map(ledger.task, changes.tasks) if v is not None]
-        workers = [v for v in map(ledger.worker, changes.workers) if v is not None]
-        pools = [v for v in map(ledger.pool, changes.pools) if v is not None]
-        queues = [v for v in (ledger.queue(*k) for k in changes.queues) if v is not None]
-        intervals = [i for t in changes.tasks for i in ledger.intervals(t)]
-        sessions = [s for w in changes.workers for s in ledger.sessions(w)]
-        for table, views in (
-            (schema.TASKS, tasks),
-            (schema.WORKERS, workers),
-            (schema.POOLS, pools),
-            (schema.QUEUES, queues),
-            (schema.SLOT_INTERVALS, intervals),
-            (schema.WORKER_SESSIONS, sessions),
-        ):
-            write.insert(table, rows.struct_table(table, views))
-
-    def _save(self, write: _Write) -> None:
-        """Add to ``write`` the ``fold_state`` rows of every entity changed since they were."""
-        touched = self._touched()
-        write.saved = {f: self._unsaved[f] | set(touched[f]) for f in _FAMILY_TABLES}
-        write.folded = write.last_seq
-        old_state: list[pa.Table] = []
-        for family, keys in write.saved.items():
-            old = _old(self._saved[family], family, keys)
-            if old.num_rows:
-                kinds = pa.array([family] * old.num_rows, pa.string())
-                names = old.column(0) if family != "queue" else _queue_keys(old)
-                old_state.append(pa.table({"kind": kinds, "key": names, "prev": old["prev"]}))
-        if old_state:
-            write.replace(schema.FOLD_STATE, pa.concat_tables(old_state))
-        saved = write.saved
-        changed = Changes(
-            tasks=saved["task"], workers=saved["worker"], pools=saved["pool"], queues=saved["queue"]
-        )
-        write.insert(schema.FOLD_STATE, rows.fold_state_table(self._ledger, changed))
-
-    def _touched(self) -> dict[str, Collection[Any]]:
-        changes = self._ledger.changes
-        return {
-            "task": changes.tasks,
-            "worker": changes.workers,
-            "pool": changes.pools,
-            "queue": changes.queues,
-        }
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -493,19 +381,20 @@ class DuckDBStore:
             self._local.cursor = cursor
         return cursor
 
-    def _read_stats(self) -> tuple[StoreStats, int, int]:
-        """The checkpoint row, and the sequences the derived tables and ``fold_state`` are
-        written up to.
+    def _read_stats(self) -> tuple[StoreStats, int]:
+        """The checkpoint row, and the sequence the derived tables are written up to.
 
         Read-only, the stats are those the derived tables hold: a daemon that died between
-        two writes of them left events after ``materialized`` that only a writer folds.
+        two writes of them left events after ``materialized`` that only a writer derives.
         """
         cursor = self._cursor().execute("SELECT * FROM checkpoint WHERE id = 1")
         names = [column[0] for column in cursor.description or ()]
-        found = cursor.fetchone()
-        if found is None:  # a file opened read-only before any daemon wrote it
-            return StoreStats(checkpoint=0, applied=0, quarantined=0), 0, 0
-        row = dict(zip(names, found, strict=True))
+        # fetchall, not fetchone: a result left unread keeps its transaction open, and an open
+        # transaction in any cursor makes every CHECKPOINT (each analysts' copy) fail.
+        found = cursor.fetchall()
+        if not found:  # a file opened read-only before any daemon wrote it
+            return StoreStats(checkpoint=0, applied=0, quarantined=0), 0
+        row = dict(zip(names, found[0], strict=True))
         version = row["schema_version"]
         if version not in _READABLE_VERSIONS:
             raise StoreError(
@@ -516,14 +405,13 @@ class DuckDBStore:
             checkpoint=row["checkpoint"], applied=row["applied"], quarantined=row["quarantined"]
         )
         materialized = row.get("materialized", stats.checkpoint)
-        folded = row.get("folded", stats.checkpoint)
         if materialized == stats.checkpoint or not self.read_only:
-            return stats, materialized, folded
+            return stats, materialized
         later = (
             "SELECT (SELECT count(*) FROM events WHERE seq > $1), "
             "(SELECT count(*) FROM quarantined WHERE seq > $1)"
         )
-        events, held = self._cursor().execute(later, [materialized]).fetchone() or (0, 0)
+        ((events, held),) = self._cursor().execute(later, [materialized]).fetchall()
         return (
             StoreStats(
                 checkpoint=materialized,
@@ -531,31 +419,7 @@ class DuckDBStore:
                 quarantined=stats.quarantined - held,
             ),
             materialized,
-            folded,
         )
-
-    def _restore(self) -> None:
-        """Fold the retained events back into the Ledger: the state without the stream.
-
-        Also recalls which write last wrote each entity's rows and its ``fold_state`` row, for
-        the next deletes. Then folds the events committed after ``fold_state`` was written:
-        what they change stays in ``changes``, for the next writes.
-        """
-        cursor = self._cursor()
-        sql = "SELECT kind, key, batch_seq, events FROM fold_state"
-        for kind, key, seq, blob in cursor.execute(sql).fetchall():
-            for event in _events.decode(blob):
-                self._ledger.apply(event)
-            self._saved[kind][_queue_key.decode(key) if kind == "queue" else key] = seq
-        self._ledger.changes.clear()
-        for family, sql in _WRITTEN.items():
-            found = cursor.execute(sql).fetchall()
-            if family == "queue":
-                found = [((pool, queue), seq) for pool, queue, seq in found]
-            self._written[family].update(found)
-        later = "SELECT payload FROM events WHERE seq > ? ORDER BY seq, idx"
-        for (payload,) in cursor.execute(later, [self._folded]).fetchall():
-            self._ledger.apply(_payload.decode(payload))
 
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:
@@ -601,43 +465,25 @@ def _create_schema(cursor: duckdb.DuckDBPyConnection) -> None:
         cursor.execute(table.ddl)
     for name, body in schema.VIEWS.items():
         cursor.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
-    # Schema 3 differs by two columns: add them, with the derived tables then up to date.
+    # Schemas 3 and 4 kept the Python fold's state instead of ``retained``: the next write
+    # derives every table again, from ``events`` (materialized = 0).
     cursor.execute("ALTER TABLE checkpoint ADD COLUMN IF NOT EXISTS materialized BIGINT")
-    cursor.execute("ALTER TABLE checkpoint ADD COLUMN IF NOT EXISTS folded BIGINT")
+    cursor.execute("DROP TABLE IF EXISTS fold_state")
+    cursor.execute("ALTER TABLE checkpoint DROP COLUMN IF EXISTS folded")
     cursor.execute(
-        "UPDATE checkpoint SET materialized = checkpoint, folded = checkpoint, "
-        "schema_version = ? WHERE schema_version = 3",
-        [schema.SCHEMA_VERSION],
+        "UPDATE checkpoint SET materialized = 0, schema_version = ? WHERE schema_version < ?",
+        [schema.SCHEMA_VERSION, schema.SCHEMA_VERSION],
     )
     cursor.execute(
         "INSERT INTO checkpoint BY NAME SELECT 1 AS id, 0 AS checkpoint, 0 AS applied, "
-        "0 AS quarantined, ? AS schema_version, 0 AS materialized, 0 AS folded "
+        "0 AS quarantined, ? AS schema_version, 0 AS materialized "
         "WHERE NOT EXISTS (FROM checkpoint)",
         [schema.SCHEMA_VERSION],
     )
 
 
-# Which write last wrote each entity's rows, by family (a forgotten worker has sessions only).
-_WRITTEN = {
-    "task": "SELECT task, max(batch_seq) FROM tasks GROUP BY task",
-    "worker": """SELECT worker, max(batch_seq) FROM (
-        SELECT worker, batch_seq FROM workers UNION ALL
-        SELECT worker, batch_seq FROM worker_sessions) GROUP BY worker""",
-    "pool": "SELECT pool, max(batch_seq) FROM pools GROUP BY pool",
-    "queue": "SELECT pool, queue, max(batch_seq) FROM queues GROUP BY pool, queue",
-}
-
-# Schema 3 files are read as they are and upgraded when opened for writing.
-_READABLE_VERSIONS = frozenset({3, schema.SCHEMA_VERSION})
-
-
-# The derived tables holding each family's rows, besides its ``fold_state`` rows.
-_FAMILY_TABLES: dict[str, tuple[schema.Table, ...]] = {
-    "task": (schema.TASKS, schema.SLOT_INTERVALS),
-    "worker": (schema.WORKERS, schema.WORKER_SESSIONS),
-    "pool": (schema.POOLS,),
-    "queue": (schema.QUEUES,),
-}
+# Older files are read as they are and upgraded when opened for writing.
+_READABLE_VERSIONS = frozenset({3, 4, schema.SCHEMA_VERSION})
 
 
 class _Write:
@@ -647,43 +493,27 @@ class _Write:
         self.last_seq = last_seq
         self.statements: list[tuple[str, pa.Table]] = []
         self.checkpoint = (last_seq, applied, quarantined)
-        self.materialized: int | None = None  # set when it writes the derived rows
-        self.folded: int | None = None  # set when it writes fold_state, for ``saved``
-        self.saved: dict[str, set[Any]] | None = None
-
-    def replace(self, table: schema.Table, old: pa.Table) -> None:
-        """Delete the rows of the entities in ``old`` (their key columns and ``prev``).
-
-        Listing the ``batch_seq`` values lets DuckDB skip every row group whose min-max index
-        holds none of them; the join then matches each entity to the batch that wrote it.
-        """
-        seqs = ", ".join(map(str, sorted(set(old["prev"].to_pylist()))))
-        match = " AND ".join(f't."{c}" = k."{c}"' for c in table.entity)
-        sql = (
-            f"DELETE FROM {table.name} AS t USING batch_rows AS k "  # noqa: S608 (our names)
-            f"WHERE t.{schema.BATCH_SEQ} IN ({seqs}) AND t.{schema.BATCH_SEQ} = k.prev AND {match}"
-        )
-        self.statements.append((sql, old))
 
     def insert(self, table: schema.Table, rows: pa.Table) -> None:
-        """Append ``rows``; a derived table's get this batch's ``batch_seq``."""
+        """Append ``rows``."""
         if not rows.num_rows:
             return
-        extra = f", {self.last_seq}::BIGINT AS {schema.BATCH_SEQ}" if table.derived else ""
-        sql = f"INSERT INTO {table.name} BY NAME SELECT *{extra} FROM batch_rows"  # noqa: S608
+        sql = f"INSERT INTO {table.name} BY NAME SELECT * FROM batch_rows"  # noqa: S608
         self.statements.append((sql, rows))
 
 
-def _write(cursor: duckdb.DuckDBPyConnection, write: _Write) -> None:
-    """One transaction: append events, replace touched rows, move the checkpoint."""
+def _write(cursor: duckdb.DuckDBPyConnection, write: _Write, since: int | None) -> None:
+    """One transaction: append the events, derive the tables from ``since`` (unless None),
+    move the checkpoint."""
     cursor.begin()
     try:
         _write_rows(cursor, write)
+        if since is not None:
+            derive(cursor, since, write.last_seq)
         cursor.execute(
             "UPDATE checkpoint SET checkpoint = ?, applied = applied + ?, "
-            "quarantined = quarantined + ?, materialized = coalesce(?, materialized), "
-            "folded = coalesce(?, folded) WHERE id = 1",
-            [*write.checkpoint, write.materialized, write.folded],
+            "quarantined = quarantined + ?, materialized = coalesce(?, materialized) WHERE id = 1",
+            [*write.checkpoint, None if since is None else write.last_seq],
         )
         cursor.commit()
     except BaseException:
@@ -706,28 +536,6 @@ def _execute(cursor: duckdb.DuckDBPyConnection, sql: str, batch_rows: pa.Table) 
     instead creates and drops a catalog view, which costs more than most statements here.
     """
     cursor.execute(sql)
-
-
-def _by_family(kind: type[_C]) -> dict[str, _C]:
-    """One empty ``dict`` or ``set`` per family (task, worker, pool, queue)."""
-    return {family: kind() for family in _FAMILY_TABLES}
-
-
-def _old(written: Mapping[Any, int], family: str, keys: Collection[Any]) -> pa.Table:
-    """Those of ``keys`` that have rows in the file, with the write (``prev``) that wrote them."""
-    found = [(key, written[key]) for key in keys if key in written]
-    prev = pa.array([seq for _, seq in found], pa.int64())
-    if family == "queue":
-        pools, queues = [k[0] for k, _ in found], [k[1] for k, _ in found]
-        return pa.table({"pool": pools, "queue": queues, "prev": prev})
-    names = pa.array([key for key, _ in found], pa.string())
-    return pa.table({family: names, "prev": prev})
-
-
-def _queue_keys(old: pa.Table) -> pa.Array:
-    """``fold_state.key`` of each (pool, queue) in ``old``."""
-    pairs = zip(old["pool"].to_pylist(), old["queue"].to_pylist(), strict=True)
-    return pa.array([rows.queue_key(p, q) for p, q in pairs], pa.string())
 
 
 def _where(*clauses: tuple[str, object | None]) -> tuple[str, list[object]]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -31,6 +33,7 @@ from workledger.stores.base import Batch, Sequenced
 from workledger.stores.duckdb import DuckDBStore, check_unlocked
 from workledger.stores.memory import MemoryStore
 
+from .histories import fleet_history
 from .test_store_contract import batch, batched, fleet, reference, t
 
 
@@ -143,29 +146,31 @@ def test_a_failed_write_changes_nothing_and_the_next_attempt_catches_up(
         )
 
 
-def test_a_failure_while_building_the_rows_changes_nothing_either(
+def test_a_failure_while_deriving_the_tables_undoes_the_batch_with_them(
     path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The batch was folded before its rows failed to build: the fold is undone too, so the
-    tables written behind show only what the file holds, and a retry applies cleanly."""
+    """The tables are derived in the batch's transaction: a failure half way through leaves
+    the file as it was, events and tables, and a retry applies cleanly."""
     history = fleet()
-    first, second, third = batch(history[:5]), batch(history[5:10], 6), batch(history[10:], 11)
-    store = DuckDBStore(path, materialize_every=3600)
+    first, second = batch(history[:10]), batch(history[10:], 11)
+    store = DuckDBStore(path, materialize_every=0)
     store.apply(first)
-    store.apply(second)  # committed; its rows are still to be written
+    real = duckdb_store.derive
 
-    def broken(*args: object) -> object:
-        raise MemoryError("no room for the rows")
+    def fail_half_way(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> None:
+        real(cursor, since, batch_seq)  # every table rewritten, then:
+        raise duckdb.OutOfMemoryException("no room for the rows")
 
-    monkeypatch.setattr(duckdb_store.rows, "event_table", broken)
-    with pytest.raises(MemoryError):
-        store.apply(third)
+    monkeypatch.setattr(duckdb_store, "derive", fail_half_way)
+    with pytest.raises(StoreError, match="no room"):
+        store.apply(second)
     monkeypatch.undo()
+    assert _checkpoint_row(store) == (10, 10)
     assert (store.read_model(), store.stats()) == (
-        reference([first, second]).read_model(),
-        reference([first, second]).stats(),
+        reference([first]).read_model(),
+        reference([first]).stats(),
     )
-    store.apply(third)
+    store.apply(second)
     assert store.read_model() == reference([batch(history)]).read_model()
     store.close()
 
@@ -200,6 +205,21 @@ def test_a_file_that_is_not_a_duckdb_database_is_a_store_error(path: Path) -> No
     path.write_bytes(b"not a database" * 1000)
     with pytest.raises(StoreError, match=str(path)):
         DuckDBStore(path)
+
+
+def test_a_copy_is_published_from_another_thread_right_after_opening(
+    path: Path, tmp_path: Path
+) -> None:
+    """Opening leaves no transaction open in its thread's cursor: one would make the copy's
+    CHECKPOINT, run from the daemon's worker threads, fail every time."""
+    store = DuckDBStore(path)
+    with ThreadPoolExecutor(1) as writer, ThreadPoolExecutor(1) as publisher:
+        writer.submit(store.apply, batch(fleet())).result()
+        copy = tmp_path / "copy.duckdb"
+        assert publisher.submit(store.publish, copy).result().checkpoint == len(fleet())
+    store.close()
+    with DuckDBStore(copy, read_only=True) as reader:
+        assert reader.read_model() == reference([batch(fleet())]).read_model()
 
 
 def test_read_only_opens_an_existing_file_for_queries_and_refuses_writes(path: Path) -> None:
@@ -240,21 +260,19 @@ _KILLS = settings(
 
 
 @_KILLS
-@given(case=batched(), data=st.data(), fold_state_every=st.sampled_from([0.0, 3600.0]))
+@given(case=batched(), data=st.data())
 def test_a_store_killed_between_writes_of_its_tables_loses_nothing(
     case: tuple[list[object], list[Batch]],
     data: st.DataObject,
-    fold_state_every: float,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """Killed with events the tables do not show yet: read-only it shows the tables as last
-    written, whole batches; reopened for writing it folds the rest from its own events (after
-    ``fold_state``, written with every write of the tables or never), and carries on alike."""
+    written, whole batches; reopened for writing it derives the rest from its own events, and
+    carries on alike."""
     _, batches = case
     path = tmp_path_factory.mktemp("killed") / "store.duckdb"
     reads = data.draw(st.sets(st.integers(0, max(len(batches) - 1, 0))), label="reads after")
-    every = {"materialize_every": 3600, "fold_state_every": fold_state_every}
-    store = DuckDBStore(path, **every)
+    store = DuckDBStore(path, materialize_every=3600)
     shown = 0  # how many batches the tables hold
     for i, each in enumerate(batches):
         store.apply(each)
@@ -268,7 +286,7 @@ def test_a_store_killed_between_writes_of_its_tables_loses_nothing(
             reference(batches[:shown]).read_model(),
             reference(batches[:shown]).stats(),
         )
-    reopened = DuckDBStore(path, **every)
+    reopened = DuckDBStore(path, materialize_every=3600)
     assert (reopened.read_model(), reopened.stats()) == (
         reference(batches).read_model(),
         reference(batches).stats(),
@@ -282,21 +300,56 @@ def test_a_store_killed_between_writes_of_its_tables_loses_nothing(
         assert again.read_model() == reference([*batches, more]).read_model()
 
 
-def test_a_schema_3_file_is_read_as_it_is_and_upgraded_when_written(path: Path) -> None:
-    """Version 3 lacked only ``checkpoint.materialized``; its tables were always current."""
+@_KILLS
+@given(case=batched(), every=st.sampled_from([0.0, math.inf]))
+def test_tables_derived_with_every_batch_or_once_at_the_end_are_the_same(
+    case: tuple[list[object], list[Batch]],
+    every: float,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Derived a batch at a time (from ``retained`` and the batch's events) or once from the
+    whole of ``events`` (a rebuild), the tables are what the reference folds."""
+    _, batches = case
+    path = tmp_path_factory.mktemp("every") / "store.duckdb"
+    with DuckDBStore(path, materialize_every=every) as store:
+        for each in batches:
+            store.apply(each)
+        assert (store.read_model(), store.stats()) == (
+            reference(batches).read_model(),
+            reference(batches).stats(),
+        )
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_an_older_file_is_read_as_it_is_and_upgraded_when_written(path: Path, version: int) -> None:
+    """Version 3 lacked ``checkpoint.materialized``; 4 kept the Python fold's ``fold_state``
+    (and ``checkpoint.folded``) instead of ``retained``. Both read as they are; written, the
+    tables are derived again from ``events``."""
     with DuckDBStore(path) as store:
         store.apply(batch(fleet()))
         model = store.read_model()
     with duckdb.connect(str(path)) as con:
-        con.execute("ALTER TABLE checkpoint DROP COLUMN materialized")
-        con.execute("UPDATE checkpoint SET schema_version = 3")
+        con.execute("DROP TABLE retained")
+        if version == 3:
+            con.execute("ALTER TABLE checkpoint DROP COLUMN materialized")
+        else:
+            con.execute("CREATE TABLE fold_state (kind VARCHAR, key VARCHAR, events BLOB)")
+            con.execute("ALTER TABLE checkpoint ADD COLUMN folded BIGINT")
+        con.execute("UPDATE checkpoint SET schema_version = ?", [version])
     with DuckDBStore(path, read_only=True) as reader:
         assert reader.read_model() == model
     with DuckDBStore(path) as writer:
         assert writer.read_model() == model
         assert _checkpoint_row(writer) == (len(fleet()), len(fleet()))
+        more = batch(fleet_history(40), len(fleet()) + 1)
+        writer.apply(more)
+        assert writer.read_model() == reference([batch(fleet()), more]).read_model()
     with duckdb.connect(str(path), read_only=True) as con:
-        assert con.execute("SELECT schema_version FROM checkpoint").fetchone() == (4,)
+        assert con.execute("SELECT schema_version FROM checkpoint").fetchone() == (5,)
+        tables = {
+            name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        }
+        assert "fold_state" not in tables
 
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "duckdb.md"
@@ -357,7 +410,8 @@ def test_a_batch_replaces_only_the_rows_of_what_it_touched(path: Path) -> None:
         for i, event in enumerate(history, 1):  # one event per batch: every row rewritten often
             store.apply(batch([event], i))
     with duckdb.connect(str(path), read_only=True) as con:
-        for table, key in (("tasks", "task"), ("workers", "worker"), ("fold_state", "kind, key")):
+        retained = ("retained", "kind, id, type")  # an event once per entity kept for
+        for table, key in (("tasks", "task"), ("workers", "worker"), retained):
             counts = con.execute(f"SELECT count(*), count(DISTINCT ({key})) FROM {table}")
             total, distinct = counts.fetchone() or (0, 0)
             assert total == distinct > 0

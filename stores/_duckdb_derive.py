@@ -1,0 +1,192 @@
+"""Every derived table in SQL, from the raw ``events``: how the DuckDB store writes them.
+
+The Python fold (:class:`~workledger.projections.fold.Ledger`) is the reference; these
+statements give the same rows set-based, in DuckDB's threads, rather than one Python view per
+task (tests/test_duckdb_derive_*.py and the store contract suite hold them to the fold).
+
+:func:`derive` brings the tables from one checkpoint to another. It rewrites the rows of each
+task, worker, pool and queue named by an event after the first, from that entity's events.
+Reading all of them would scan the whole log, so each family keeps ``retained``: per entity,
+the events its rows still depend on. That is every event of a task but its earlier progress
+reports, and of a worker, every event but its earlier heartbeats, claims and starts. A superset
+of what the fold keeps, it folds into the same state, because the fold is a join over sets of
+events. From checkpoint 0 it derives everything from ``events`` alone (a rebuild, an upgrade).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import duckdb
+
+from workledger.stores import _duckdb_schema as schema
+from workledger.stores._duckdb_derive_tasks import slot_intervals_select, tasks_select
+from workledger.stores._duckdb_derive_workers import worker_sessions_select, workers_select
+
+__all__ = ["FAMILIES", "derive", "pools_select", "queues_select"]
+
+Select = Callable[[str], str]
+
+
+def _settings_select(events: str, family: str, keys: str, fields: tuple[str, ...]) -> str:
+    """Pools or queues: each field is a last-writer-wins register, set by the latest event
+    (by ``(at, id)``) that carries it (JSON ``null`` clears it; a field left out changes
+    nothing); created at the earliest ``*.created``, updated at the latest event."""
+    kinds = {"concurrency_limit": "BIGINT", "priority": "BIGINT", "paused": "BOOLEAN"}
+    registers = ",\n".join(
+        f"arg_max_null((payload->>'{name}')::{kinds[name]}, (\"at\", id)) "
+        f"FILTER (WHERE json_exists(payload, '$.{name}')) AS {name}"
+        for name in fields
+    )
+    columns = ", ".join(
+        f"coalesce({name}, false) AS {name}" if kinds[name] == "BOOLEAN" else name
+        for name in fields
+    )
+    return f"""
+        WITH registers AS (
+            SELECT {keys},
+                {registers},
+                min("at") FILTER (WHERE type = '{family}.created') AS created_at,
+                max("at") AS updated_at
+            FROM {events} AS e
+            WHERE type IN ('{family}.created', '{family}.updated')
+            GROUP BY {keys}
+        )
+        SELECT {keys}, {columns}, created_at, updated_at FROM registers"""  # noqa: S608
+
+
+def pools_select(events: str) -> str:
+    """The ``pools`` table's rows."""
+    return _settings_select(events, "pool", "pool", ("concurrency_limit", "paused"))
+
+
+def queues_select(events: str) -> str:
+    """The ``queues`` table's rows."""
+    fields = ("priority", "concurrency_limit", "paused")
+    return _settings_select(events, "queue", "pool, queue", fields)
+
+
+def _task_retained(events: str) -> str:
+    """A task's events but its earlier progress reports (the latest, and the latest event
+    with a pool hint, stay)."""
+    return f"""
+        WITH latest AS (
+            SELECT task,
+                arg_max(id, ("at", id)) FILTER (WHERE type = 'task.progress') AS progress_id,
+                arg_max(id, ("at", id)) FILTER (WHERE pool IS NOT NULL) AS hint_id
+            FROM {events} AS e GROUP BY task
+        )
+        SELECT e.* FROM {events} AS e JOIN latest USING (task)
+        WHERE type <> 'task.progress' OR id = progress_id OR id = hint_id"""  # noqa: S608
+
+
+def _worker_retained(events: str) -> str:
+    """A worker's events but its heartbeats, claims and starts other than its latest event
+    and its latest sign of life."""
+    return f"""
+        WITH latest AS (
+            SELECT worker,
+                arg_max(id, ("at", id)) FILTER (WHERE starts_with(type, 'worker.')) AS latest_id,
+                arg_max(id, ("at", id))
+                    FILTER (WHERE type NOT IN ('worker.lost', 'worker.forgotten')) AS seen_id
+            FROM {events} AS e GROUP BY worker
+        )
+        SELECT e.* FROM {events} AS e JOIN latest USING (worker)
+        WHERE (starts_with(type, 'worker.') AND type <> 'worker.heartbeat')
+            OR id = latest_id OR id = seen_id"""  # noqa: S608
+
+
+def _everything(events: str) -> str:
+    return f"SELECT * FROM {events} AS e"  # noqa: S608
+
+
+class Family(NamedTuple):
+    """One kind of entity: the events it reads, its key columns, its tables, its retained."""
+
+    name: str
+    reads: str  # SQL condition on an event row
+    keys: str
+    tables: tuple[tuple[schema.Table, Select], ...]
+    retained: Select
+
+
+FAMILIES = (
+    Family(
+        "task",
+        "task IS NOT NULL AND starts_with(type, 'task.')",
+        "task",
+        ((schema.TASKS, tasks_select), (schema.SLOT_INTERVALS, slot_intervals_select)),
+        _task_retained,
+    ),
+    Family(  # claims and starts are a worker's signs of life
+        "worker",
+        "worker IS NOT NULL AND (starts_with(type, 'worker.') "
+        "OR type IN ('task.claimed', 'task.started'))",
+        "worker",
+        ((schema.WORKERS, workers_select), (schema.WORKER_SESSIONS, worker_sessions_select)),
+        _worker_retained,
+    ),
+    Family(
+        "pool",
+        "type IN ('pool.created', 'pool.updated')",
+        "pool",
+        ((schema.POOLS, pools_select),),
+        _everything,
+    ),
+    Family(
+        "queue",
+        "type IN ('queue.created', 'queue.updated')",
+        "pool, queue",
+        ((schema.QUEUES, queues_select),),
+        _everything,
+    ),
+)
+
+
+def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> None:
+    """Bring every derived table and ``retained`` from checkpoint ``since`` to ``batch_seq``
+    (``since=0``: derive them all again from ``events``). Runs in the caller's transaction;
+    the rows it writes get ``batch_seq``."""
+    if since > 0:
+        cursor.execute(f"CREATE OR REPLACE TEMP TABLE wl_fresh AS FROM events WHERE seq > {since}")
+    for family in FAMILIES:
+        if since > 0:
+            source, touched = _touched(cursor, family)
+        else:
+            source, touched = f"(FROM events WHERE {family.reads})", "true"
+        for table, select in family.tables:
+            cursor.execute(f"DELETE FROM {table.name} WHERE {touched}")  # noqa: S608
+            cursor.execute(
+                f"INSERT INTO {table.name} BY NAME "  # noqa: S608
+                f"SELECT *, {batch_seq}::BIGINT AS {schema.BATCH_SEQ} FROM ({select(source)})"
+            )
+        cursor.execute(
+            f"DELETE FROM retained WHERE kind = '{family.name}' AND {touched}"  # noqa: S608
+        )
+        cursor.execute(
+            f"INSERT INTO retained BY NAME SELECT *, '{family.name}' AS kind, "  # noqa: S608
+            f"{batch_seq}::BIGINT AS {schema.BATCH_SEQ} FROM ({family.retained(source)})"
+        )
+
+
+def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, str]:
+    """The family's entities named by ``wl_fresh``, and their events: those retained for them
+    and the fresh ones, each once (an event delivered twice is one; two that only share an id
+    are two, as in the fold). Returns that relation and the condition naming them."""
+    keys, reads = family.keys, family.reads
+    cursor.execute(
+        f"CREATE OR REPLACE TEMP TABLE wl_touched AS "  # noqa: S608
+        f"SELECT DISTINCT {keys} FROM wl_fresh WHERE {reads}"
+    )
+    touched = f"({keys}) IN (SELECT ({keys}) FROM wl_touched)"  # noqa: S608
+    cursor.execute(
+        f"""CREATE OR REPLACE TEMP TABLE wl_events AS
+        SELECT DISTINCT ON (id, type, "at", payload::VARCHAR) * FROM (
+            SELECT * EXCLUDE (kind, {schema.BATCH_SEQ}) FROM retained
+            WHERE kind = '{family.name}' AND {touched}
+            UNION ALL BY NAME
+            SELECT * FROM wl_fresh WHERE {reads}
+        )"""  # noqa: S608
+    )
+    return "wl_events", touched
