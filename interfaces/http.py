@@ -46,9 +46,11 @@ DEFAULT_WORKERS = 1000
 Limit = Annotated[int, QueryParameter(ge=1, le=MAX_LIMIT, description=f"1 to {MAX_LIMIT}")]
 OptionalText = Annotated[str | None, QueryParameter(min_length=1, max_length=512)]
 Seq = Annotated[int | None, QueryParameter(ge=0, description="a stream sequence")]
-TaskKeys = Annotated[list[str] | None, QueryParameter(description="repeatable: ANY of these")]
+# Repeatable query parameters are tuples defaulting to (): the document then says "an array"
+# plainly. Optional lists became oneOf(array, null), which fuzzers read as "one value is invalid".
+TaskKeys = Annotated[tuple[str, ...], QueryParameter(description="repeatable: ANY of these")]
 Labels = Annotated[
-    list[str] | None,
+    tuple[str, ...],
     QueryParameter(description="repeatable `key:value`: ALL must match"),
 ]
 
@@ -114,8 +116,8 @@ def _worker_routes(queries: Queries) -> list[Any]:
         *,
         pool: OptionalText = None,
         queue: OptionalText = None,
-        task_key: TaskKeys = None,
-        label: Labels = None,
+        task_key: TaskKeys = (),
+        label: Labels = (),
         status: FromQuery[WorkerStatus | None] = None,
         limit: Limit = DEFAULT_WORKERS,
     ) -> list[WorkerWithStatus]:
