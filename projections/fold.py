@@ -22,6 +22,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import msgspec
 
@@ -40,6 +41,7 @@ from workledger.projections.views import (
 __all__ = ["Changes", "Ledger"]
 
 OrderKey = tuple[datetime, str]
+_json = msgspec.json.Encoder()
 
 _TERMINAL_STATUS: dict[type[ev.Event], TaskStatus] = {
     ev.TaskCompleted: TaskStatus.COMPLETED,
@@ -56,6 +58,31 @@ def _later(current: ev.Event | None, candidate: ev.Event) -> bool:
         return True
     a, b = candidate.at, current.at
     return a > b or (a == b and candidate.id > current.id)  # type: ignore[operator]
+
+
+def _newer(current: ev.Event | None, candidate: ev.Event) -> bool:
+    """Should ``candidate`` replace ``current`` in a register (the latest of a kind)?
+
+    By ``(at, id)``, and for two events sharing both (an id reused for another event, which
+    only a faulty or hostile producer sends) by their JSON, so that every register, and the
+    fold, is order-free on any input; the DuckDB store's SQL orders by the same three keys.
+    """
+    if current is None:
+        return True
+    a, b = candidate.at, current.at
+    if a > b:  # type: ignore[operator]
+        return True
+    if a != b:
+        return False
+    i, j = candidate.id, current.id
+    return i > j or (i == j and _json.encode(candidate) > _json.encode(current))
+
+
+def _put(events: dict[str, Any], event: ev.Event) -> None:
+    """Keep ``event`` under its id; of two sharing an id, the one :func:`_newer` picks."""
+    kept = events.get(event.id)
+    if kept is None or (kept is not event and _newer(kept, event)):
+        events[event.id] = event
 
 
 def _key(event: ev.Event) -> OrderKey:
@@ -80,24 +107,24 @@ class _TaskRecord:
     def apply(self, event: ev.Event) -> None:
         kind = type(event)
         hint = self.hint
-        if event.pool is not None and (hint is None or _later(hint, event)):  # type: ignore[attr-defined]
+        if event.pool is not None and (hint is None or _newer(hint, event)):  # type: ignore[attr-defined]
             self.hint = event
         at = event.at
         if self.updated_at is None or at > self.updated_at:  # type: ignore[operator]
             self.updated_at = at
         if kind is ev.TaskClaimed or kind is ev.TaskStarted:
-            self.marks[event.id] = event  # type: ignore[assignment]
+            _put(self.marks, event)
         elif kind is ev.TaskSubmitted:
-            if _later(self.submitted, event):
+            if _newer(self.submitted, event):
                 self.submitted = event  # type: ignore[assignment]
         elif kind is ev.TaskRetrying:
-            self.retries[event.id] = event  # type: ignore[assignment]
-            if _later(self.last_retry, event):
+            _put(self.retries, event)
+            if _newer(self.last_retry, event):
                 self.last_retry = event  # type: ignore[assignment]
         elif kind is ev.TaskProgress:
-            if _later(self.progress, event):
+            if _newer(self.progress, event):
                 self.progress = event  # type: ignore[assignment]
-        elif kind in _TERMINAL_STATUS and _later(self.terminal, event):
+        elif kind in _TERMINAL_STATUS and _newer(self.terminal, event):
             self.terminal = event
 
     def _ordered(self) -> list[Mark]:
@@ -276,32 +303,32 @@ class _WorkerRecord:
         kind = type(event)
         if kind is not ev.WorkerLost and kind is not ev.WorkerForgotten:
             self.saw(event)
-        if _later(self.latest, event):
+        if _newer(self.latest, event):
             self.latest = event
         if kind is ev.WorkerHeartbeat:
             return
         if kind is ev.WorkerStarted:
-            self.starts[event.id] = event  # type: ignore[assignment]
-            if _later(self.started, event):
+            _put(self.starts, event)
+            if _newer(self.started, event):
                 self.started = event  # type: ignore[assignment]
                 subs = self.subscriptions
                 self.subscriptions = {i: s for i, s in subs.items() if _later(event, s)}
         elif kind is ev.WorkerStopped:
-            self.stops[event.id] = event  # type: ignore[assignment]
-            if _later(self.stopped, event):
+            _put(self.stops, event)
+            if _newer(self.stopped, event):
                 self.stopped = event  # type: ignore[assignment]
         elif kind is ev.WorkerSubscribed:
             if self._current(event):
-                self.subscriptions[event.id] = event  # type: ignore[assignment]
+                _put(self.subscriptions, event)
         elif kind is ev.WorkerLost:
-            self.losts[event.id] = event  # type: ignore[assignment]
-        elif kind is ev.WorkerForgotten and _later(self.forgotten, event):
+            _put(self.losts, event)
+        elif kind is ev.WorkerForgotten and _newer(self.forgotten, event):
             self.forgotten = event  # type: ignore[assignment]
 
     def saw(self, event: ev.Event) -> None:
         """A sign of life: any event from the worker, or a task it claims or starts."""
         seen = self.seen
-        if seen is None or _later(seen, event):
+        if seen is None or _newer(seen, event):
             self.seen = event
 
     def retained(self) -> list[ev.Event]:
@@ -413,14 +440,14 @@ class _SettingsRecord:
 
     def apply(self, event: ev.Event, names: tuple[str, ...]) -> None:
         creates = isinstance(event, ev.PoolCreated | ev.QueueCreated)
-        if creates and (self.created is None or event.order_key < self.created.order_key):
+        if creates and (self.created is None or _newer(event, self.created)):
             self.created = event
-        if _later(self.last, event):
+        if _newer(self.last, event):
             self.last = event
         for name in names:
             value = getattr(event, name)
             current = self.settings.get(name)
-            if value is not msgspec.UNSET and (current is None or _later(current.event, event)):
+            if value is not msgspec.UNSET and (current is None or _newer(current.event, event)):
                 self.settings[name] = _Setting(event, value)
 
     def get(self, name: str) -> object:

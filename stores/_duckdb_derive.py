@@ -31,11 +31,12 @@ Select = Callable[[str], str]
 
 def _settings_select(events: str, family: str, keys: str, fields: tuple[str, ...]) -> str:
     """Pools or queues: each field is a last-writer-wins register, set by the latest event
-    (by ``(at, id)``) that carries it (JSON ``null`` clears it; a field left out changes
-    nothing); created at the earliest ``*.created``, updated at the latest event."""
+    that carries it, by ``(at, id)`` and then its JSON, as the fold's ``_newer`` (JSON ``null``
+    clears it; a field left out changes nothing); created at the earliest ``*.created``,
+    updated at the latest event."""
     kinds = {"concurrency_limit": "BIGINT", "priority": "BIGINT", "paused": "BOOLEAN"}
     registers = ",\n".join(
-        f"arg_max_null((payload->>'{name}')::{kinds[name]}, (\"at\", id)) "
+        f"arg_max_null((payload->>'{name}')::{kinds[name]}, (\"at\", id, payload::VARCHAR)) "
         f"FILTER (WHERE json_exists(payload, '$.{name}')) AS {name}"
         for name in fields
     )

@@ -6,9 +6,13 @@ reference is the fold's ``_TaskRecord`` (:mod:`workledger.projections.fold`): ea
 names the rule it mirrors, and tests/test_duckdb_derive_tasks.py holds the rows to
 ``Ledger.task`` and ``Ledger.intervals``.
 
-Order-free and idempotent like the fold: every "latest" or "first" is an ``arg_max``/``min``
-over ``("at", id)``, which a repeated event (same id, another ``seq``) cannot change, and the
-only counts (retries, and the retries before a mark) are over distinct ids.
+Order-free and idempotent like the fold: every register (the latest of a kind) is an
+``arg_max`` over ``("at", id, payload)`` (fold._newer: the JSON text breaks a tie on
+``("at", id)``, which only different events sharing an id can make), every "first" a ``min``;
+claims and starts, and retries, are kept one per id, the greatest by that key (fold._put),
+so a repeated event (same id, another ``seq``) changes nothing and the counts are over ids.
+Comparisons across kinds (a mark or the terminal against a retry) are on ``("at", id)``
+alone, as the fold's ``_later`` and bisects are.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ _SUBMITTED_FIELDS = (
     '{"task_key": "VARCHAR", "stage": "VARCHAR", "item": "VARCHAR", "priority": "BIGINT"}'
 )
 _PROGRESS_FIELDS = '{"progress": "DOUBLE", "message": "VARCHAR"}'
+# fold._newer: a register's order; payload::VARCHAR is msgspec's JSON of the event.
+_NEWER = '("at", id, payload::VARCHAR)'
 # fold._TERMINAL_STATUS: a terminal event's tag -> its status.
 _TERMINAL_STATUS = f"""CASE {{tag}}
     WHEN {_COMPLETED} THEN '{TaskStatus.COMPLETED}' WHEN {_FAILED} THEN '{TaskStatus.FAILED}'
@@ -43,7 +49,8 @@ _TERMINAL_STATUS = f"""CASE {{tag}}
 
 def _common(events: str, reports: str = "") -> str:
     """CTEs both statements share: the task events and each task's registers (``reports``:
-    more aggregates of ``registers``)."""
+    more aggregates of ``registers``, and the terminal's payload for its error)."""
+    error = ", 'payload': payload" if reports else ""
     return f"""
 task_events AS NOT MATERIALIZED (
     -- Ledger.apply: only task events reach a _TaskRecord.
@@ -52,15 +59,16 @@ task_events AS NOT MATERIALIZED (
     WHERE task IS NOT NULL AND starts_with(type, 'task.')
 ),
 registers AS (
-    -- _TaskRecord.apply: the latest (by ("at", id)) submitted, terminal and pool hint (any
-    -- event with a pool), and the latest time.
+    -- _TaskRecord.apply: the newest (fold._newer) submitted, terminal and pool hint (any
+    -- event with a pool; read only without a task.submitted, so none is a candidate), and
+    -- the latest time.
     SELECT task,
-        arg_max_null({{'at': "at", 'pool': pool, 'queue': queue, 'payload': payload}}, ("at", id))
+        arg_max_null({{'at': "at", 'pool': pool, 'queue': queue, 'payload': payload}}, {_NEWER})
             FILTER (WHERE type = {_SUBMITTED}) AS sub,
-        max(("at", id)) FILTER (WHERE type IN ({_TERMINALS})) AS term_key,
-        arg_max_null(type, ("at", id)) FILTER (WHERE type IN ({_TERMINALS})) AS term_type,
-        arg_max_null({{'pool': pool, 'queue': queue}}, ("at", id))
-            FILTER (WHERE pool IS NOT NULL) AS hint,
+        arg_max_null({{'at': "at", 'id': id, 'type': type{error}}}, {_NEWER})
+            FILTER (WHERE type IN ({_TERMINALS})) AS term,
+        arg_max_null({{'pool': pool, 'queue': queue}}, {_NEWER})
+            FILTER (WHERE pool IS NOT NULL AND type <> {_SUBMITTED}) AS hint,
         max("at") AS updated_at{reports}
     FROM task_events
     GROUP BY task
@@ -72,9 +80,24 @@ placed AS (
         CASE WHEN sub IS NULL THEN hint.pool ELSE sub.pool END AS pool,
         CASE WHEN sub IS NULL THEN hint.queue ELSE sub.queue END AS queue,
         json_transform(sub.payload, '{_SUBMITTED_FIELDS}') AS submitted,
-        {_TERMINAL_STATUS.format(tag="term_type")} AS term_status
+        {_TERMINAL_STATUS.format(tag="term.type")} AS term_status
     FROM registers
 )"""  # noqa: S608 (our SQL around a table name)
+
+
+# _TaskRecord.apply (fold._put): the claims and starts, one per id (a claim and a start
+# sharing an id are one mark): of those sharing it, the newest by ("at", payload).
+_MARKS = f"""
+marks AS (
+    SELECT task, id, m.type, m."at", m.worker
+    FROM (
+        SELECT task, id,
+            arg_max({{'type': type, 'at': "at", 'worker': worker}}, ("at", payload::VARCHAR)) AS m
+        FROM task_events
+        WHERE type IN ({_CLAIMED}, {_STARTED})
+        GROUP BY task, id
+    )
+)"""  # noqa: S608 (our constants)
 
 
 def _select(table: schema.Table, expressions: dict[str, str]) -> str:
@@ -90,7 +113,7 @@ _TASK_COLUMNS = {
     # _TaskRecord._status: terminal > RUNNING (a start in the stretch) > PENDING (claims
     # only) > RETRYING (any retry) > SUBMITTED > UNKNOWN.
     "status": f"""CASE
-        WHEN p.term_key IS NOT NULL THEN p.term_status
+        WHEN p.term IS NOT NULL THEN p.term_status
         WHEN s.first_start IS NOT NULL THEN '{TaskStatus.RUNNING}'
         WHEN s.task IS NOT NULL THEN '{TaskStatus.PENDING}'
         WHEN r.task IS NOT NULL THEN '{TaskStatus.RETRYING}'
@@ -106,25 +129,24 @@ _TASK_COLUMNS = {
     "worker": "coalesce(s.start_worker, s.mark_worker)",
     "submitted_at": "p.sub.at",
     # view(): the stretch's first mark, while the task holds a slot (PENDING or RUNNING).
-    "slot_acquired_at": "CASE WHEN p.term_key IS NULL THEN s.first_mark END",
+    "slot_acquired_at": "CASE WHEN p.term IS NULL THEN s.first_mark END",
     "started_at": "s.first_start",
-    "finished_at": "p.term_key[1]",
+    "finished_at": "p.term.at",
     "updated_at": "p.updated_at",
     "retries": "coalesce(r.retries, 0)",
     "progress": "p.progress.progress",
     "message": "p.progress.message",
     # _TaskRecord._error: failed.error, crashed.reason, else the latest retry's error.
-    "error": f"""CASE p.term_type
-        WHEN {_FAILED} THEN p.term_payload->>'error'
-        WHEN {_CRASHED} THEN p.term_payload->>'reason'
+    "error": f"""CASE p.term.type
+        WHEN {_FAILED} THEN p.term.payload->>'error'
+        WHEN {_CRASHED} THEN p.term.payload->>'reason'
         ELSE r.retry_payload->>'error' END""",
 }
 
-# For tasks alone: the latest terminal's payload (its error) and the latest progress report.
+# For tasks alone: the newest progress report.
 _REPORTS = f""",
-        arg_max_null(payload, ("at", id)) FILTER (WHERE type IN ({_TERMINALS})) AS term_payload,
         json_transform(
-            arg_max_null(payload, ("at", id)) FILTER (WHERE type = {_PROGRESS}),
+            arg_max_null(payload, {_NEWER}) FILTER (WHERE type = {_PROGRESS}),
             '{_PROGRESS_FIELDS}'
         ) AS progress"""
 
@@ -132,12 +154,13 @@ _REPORTS = f""",
 def tasks_select(events: str) -> str:
     """The ``tasks`` table's rows (no ``batch_seq``): ``Ledger.task`` of every task."""
     return f"""
-WITH {_common(events, _REPORTS)},
+WITH {_common(events, _REPORTS)},{_MARKS},
 retried AS (
-    -- _TaskRecord.apply: the latest retry and how many there are (by id); few tasks have any.
+    -- _TaskRecord.apply: the newest retry (its ("at", id) and payload) and how many there are
+    -- (by id); few tasks have any.
     SELECT task,
         max(("at", id)) AS retry_key,
-        arg_max_null(payload, ("at", id)) AS retry_payload,
+        arg_max_null(payload, {_NEWER}) AS retry_payload,
         count(DISTINCT id) AS retries
     FROM task_events
     WHERE type = {_RETRYING}
@@ -152,10 +175,9 @@ stretch AS (
         min(m."at") FILTER (WHERE m.type = {_STARTED}) AS first_start,
         arg_max(m.worker, (m."at", m.id)) FILTER (WHERE m.type = {_STARTED}) AS start_worker,
         arg_max(m.worker, (m."at", m.id)) AS mark_worker
-    FROM task_events AS m
+    FROM marks AS m
     LEFT JOIN retried AS r USING (task)
-    WHERE m.type IN ({_CLAIMED}, {_STARTED})
-        AND (r.retry_key IS NULL OR (m."at", m.id) > r.retry_key)
+    WHERE r.retry_key IS NULL OR (m."at", m.id) > r.retry_key
     GROUP BY m.task
 )
 SELECT
@@ -166,7 +188,7 @@ LEFT JOIN stretch AS s USING (task)"""  # noqa: S608 (our SQL around a table nam
 
 
 # _release: the stretch's retry when there is no terminal or the terminal is after it.
-_BY_RETRY = 'r.id IS NOT NULL AND (p.term_key IS NULL OR p.term_key > (r."at", r.id))'
+_BY_RETRY = 'r.id IS NOT NULL AND (p.term IS NULL OR (p.term.at, p.term.id) > (r."at", r.id))'
 _INTERVAL_COLUMNS = {
     "task": "s.task",
     # intervals(): the stretch's index among all stretches, empty ones counted, from 1.
@@ -182,10 +204,10 @@ _INTERVAL_COLUMNS = {
     # _release: released at the retry, else at the terminal; never before acquired_at.
     "released_at": f"""CASE
         WHEN {_BY_RETRY} THEN greatest(r."at", s.acquired_at)
-        WHEN p.term_key IS NOT NULL THEN greatest(p.term_key[1], s.acquired_at) END""",
+        WHEN p.term IS NOT NULL THEN greatest(p.term.at, s.acquired_at) END""",
     "ended": f"""CASE
         WHEN {_BY_RETRY} THEN '{TaskStatus.RETRYING}'
-        WHEN p.term_key IS NOT NULL THEN p.term_status END""",
+        WHEN p.term IS NOT NULL THEN p.term_status END""",
 }
 
 
@@ -193,12 +215,17 @@ def slot_intervals_select(events: str) -> str:
     """The ``slot_intervals`` table's rows (no ``batch_seq``): ``Ledger.intervals`` of every
     task."""
     return f"""
-WITH {_common(events)},
+WITH {_common(events)},{_MARKS},
 retries AS (
-    -- intervals(): the task's retries sorted by ("at", id), numbered from 1; the same id
-    -- twice is one retry.
+    -- intervals(): the task's retries, one per id (fold._put: the newest, so the latest
+    -- "at"), sorted by ("at", id) and numbered from 1.
     SELECT task, "at", id, row_number() OVER (PARTITION BY task ORDER BY "at", id) AS n
-    FROM (SELECT DISTINCT task, "at", id FROM task_events WHERE type = {_RETRYING})
+    FROM (
+        SELECT task, id, max("at") AS "at"
+        FROM task_events
+        WHERE type = {_RETRYING}
+        GROUP BY task, id
+    )
 ),
 timeline AS (
     -- intervals(): a claim or start falls in the stretch after the retries sorted before it
@@ -209,8 +236,7 @@ timeline AS (
             PARTITION BY task ORDER BY "at", id, is_retry ROWS UNBOUNDED PRECEDING
         ) AS stretch
     FROM (
-        SELECT task, type, worker, "at", id, 0 AS is_retry
-        FROM task_events WHERE type IN ({_CLAIMED}, {_STARTED})
+        SELECT task, type, worker, "at", id, 0 AS is_retry FROM marks
         UNION ALL
         SELECT task, NULL, NULL, "at", id, 1 FROM retries
     )

@@ -6,9 +6,13 @@ task events through Python. Each SELECT gives exactly the rows of the fold's
 :class:`workledger.projections.fold._WorkerRecord` is the reference, and every CTE below names
 the rule of it that it mirrors.
 
-Events are ordered by ``(at, id)``. Every record field is a max or min by that order, or a
-union, so duplicates change nothing; only starts are counted (one session each), and they are
-deduplicated by id. A payload field left out is its Struct default (the JSON omits defaults).
+Events are ordered by ``(at, id)``, and where the fold picks the latest of a kind (``_newer``)
+then by the JSON text, ``payload::VARCHAR``, which is the fold's ``msgspec`` encoding: two
+different events may share an id (a faulty producer), even with their time. The sets the fold
+keys by id (starts, stops, subscriptions, losses) keep one event per worker and id, the
+greatest by ``(at, id, payload)``, as ``_put`` does. Every record field is then a max or min,
+or a union, so an event delivered twice changes nothing. A payload field left out is its
+Struct default (the JSON omits defaults).
 """
 
 from __future__ import annotations
@@ -30,28 +34,49 @@ WITH
 -- Ledger.apply and _apply_task: the worker-family events and the claims and starts of tasks
 -- naming a worker (saw) are every event a worker record reads; other rows name none.
 signs AS (
-    SELECT e.worker, e.type, e."at", e.id, e.pool
+    SELECT e.worker, e.type, e."at", e.id
     FROM {events} AS e
     WHERE e.worker IS NOT NULL
       AND (e.type LIKE 'worker.%' OR e.type IN ('task.claimed', 'task.started'))
 ),
--- _WorkerRecord.latest (any worker event, for the pool), .seen (not lost or forgotten: the
--- last sign of life) and .forgotten: each the latest by (at, id), a struct max.
+-- .seen (not lost or forgotten: the last sign of life) and .forgotten: each the latest
+-- (_newer). Both are read as (at, id) alone, which events tied on both share, so the payload's
+-- tie-break does not show and the bulk of the events (task claims, starts) is read without
+-- its payload.
 marks AS (
     SELECT
         worker,
-        max({{'at': "at", 'id': id, 'pool': pool}})
-            FILTER (WHERE type LIKE 'worker.%') AS latest,
         max({{'at': "at", 'id': id}})
             FILTER (WHERE type NOT IN ('worker.lost', 'worker.forgotten')) AS seen,
         max({{'at': "at", 'id': id}}) FILTER (WHERE type = 'worker.forgotten') AS forgotten
     FROM signs
     GROUP BY worker
 ),
--- _WorkerRecord.starts in (at, id) order, as sessions() walks them, each with the following
--- start's time; the one with none following is .started. Keyed by id, as the fold keys them:
--- of equal copies (adjacent in that order) only the last is kept. The payload is parsed once;
--- a field it leaves out is the WorkerStarted default.
+-- The worker events with their JSON text. The bounds on type are the LIKE 'worker.%' a scan
+-- can filter on before it reads a payload.
+worker_events AS (
+    SELECT e.worker, e.type, e."at", e.id, e.pool, e.payload::VARCHAR AS payload
+    FROM {events} AS e
+    WHERE e.type >= 'worker.' AND e.type < 'worker/' AND e.worker IS NOT NULL
+),
+-- _WorkerRecord.latest (any worker event): its pool, of the greatest by (at, id, payload).
+latest AS (
+    SELECT worker, arg_max_null(pool, ("at", id, payload)) AS pool
+    FROM worker_events
+    GROUP BY worker
+),
+-- _WorkerRecord.starts, .stops, .subscriptions and .losts: one event per worker and id, the
+-- greatest by (at, payload) as _put keeps it (an event delivered twice is one).
+kept AS (
+    SELECT worker, type, id, max({{'at': "at", 'payload': payload, 'pool': pool}}) AS e
+    FROM worker_events
+    WHERE type IN ('worker.started', 'worker.stopped', 'worker.subscribed', 'worker.lost')
+    GROUP BY worker, type, id
+),
+-- The starts in (at, id) order, as sessions() walks them, each with the following start's
+-- time; the one with none following is .started (the greatest by (at, id, payload): the kept
+-- starts have distinct ids). The payload is parsed once; a field it leaves out is the
+-- WorkerStarted default.
 starts AS (
     SELECT
         worker,
@@ -69,45 +94,52 @@ starts AS (
         f.pid
     FROM (
         SELECT
-            e.worker,
+            worker,
             e."at",
-            e.id,
+            id,
             e.pool,
             lead(e."at") OVER w AS next_at,
-            lead(e.id) OVER w IS NULL AS latest,
+            lead(id) OVER w IS NULL AS latest,
             from_json(e.payload, '{_STARTED}') AS f
-        FROM {events} AS e
-        WHERE e.type = 'worker.started'
-        WINDOW w AS (PARTITION BY e.worker ORDER BY e."at", e.id)
-        QUALIFY lead(e.id) OVER w IS DISTINCT FROM e.id
+        FROM kept
+        WHERE type = 'worker.started'
+        WINDOW w AS (PARTITION BY worker ORDER BY e."at", id)
     )
 ),
--- _WorkerRecord.stops: the latest (.stopped) gives stopped_at and stop_reason.
+-- The kept stops; the latest (.stopped, by (at, id, payload)) gives stopped_at and
+-- stop_reason.
 stops AS (
-    SELECT e.worker, e."at", e.id, e.payload->>'reason' AS reason
-    FROM {events} AS e
-    WHERE e.type = 'worker.stopped'
+    SELECT worker, e."at", id, e.payload, e.payload->>'reason' AS reason
+    FROM kept
+    WHERE type = 'worker.stopped'
 ),
 last_stop AS (
-    SELECT worker, max({{'at': "at", 'id': id, 'reason': reason}}) AS stop
+    SELECT worker, max({{'at': "at", 'id': id, 'payload': payload, 'reason': reason}}) AS stop
     FROM stops
     GROUP BY worker
 ),
 -- Starts, stops, subscriptions and losses in one order: a stop or subscription by (at, id), a
--- loss by its last_seen after every start at that instant (last_seen >= start.at).
+-- loss by its last_seen after every start at that instant (last_seen >= start.at). A stop or
+-- subscription with a start's very (at, id) is after no start and before none (sessions()
+-- and _current compare strictly), so it is left out: it ends no session, and it is not after
+-- the latest start.
 bounds AS (
     SELECT worker, 'start' AS kind, "at" AS t, 0 AS k, id, "at", NULL::VARCHAR[] AS keys
     FROM starts
     UNION ALL
-    SELECT worker, 'stop', "at", 0, id, "at", NULL FROM stops
+    SELECT k.worker, k.kind, k."at", 0, k.id, k."at", k.keys
+    FROM (
+        SELECT worker, 'stop' AS kind, "at", id, NULL::VARCHAR[] AS keys FROM stops
+        UNION ALL
+        SELECT worker, 'sub', e."at", id, CAST(e.payload->'task_keys' AS VARCHAR[])
+        FROM kept
+        WHERE type = 'worker.subscribed'
+    ) AS k
+    ANTI JOIN starts AS s ON s.worker = k.worker AND s."at" = k."at" AND s.id = k.id
     UNION ALL
-    SELECT e.worker, 'sub', e."at", 0, e.id, e."at", CAST(e.payload->'task_keys' AS VARCHAR[])
-    FROM {events} AS e
-    WHERE e.type = 'worker.subscribed'
-    UNION ALL
-    SELECT e.worker, 'lost', CAST(e.payload->>'last_seen' AS TIMESTAMPTZ), 1, e.id, e."at", NULL
-    FROM {events} AS e
-    WHERE e.type = 'worker.lost'
+    SELECT worker, 'lost', CAST(e.payload->>'last_seen' AS TIMESTAMPTZ), 1, id, e."at", NULL
+    FROM kept
+    WHERE type = 'worker.lost'
 ),
 -- ... so each belongs to the latest start before it (start_id NULL: before any start). Per
 -- start: sessions() ends it at its first stop strictly between it and the following start,
@@ -136,7 +168,7 @@ ends AS (
 current AS (
     SELECT
         m.worker,
-        m.latest,
+        l.pool AS latest_pool,
         m.seen,
         m.forgotten,
         s.id AS start_id,
@@ -150,6 +182,7 @@ current AS (
             )
         ) AS task_keys
     FROM marks AS m
+    LEFT JOIN latest AS l ON l.worker = m.worker
     LEFT JOIN starts AS s ON s.worker = m.worker AND s.latest
     LEFT JOIN ends AS x ON x.worker = m.worker AND x.start_id IS NOT DISTINCT FROM s.id
 )"""  # noqa: S608 (our SQL around a table name)
@@ -162,7 +195,7 @@ def workers_select(events: str) -> str:
 -- start (or with none) and after its last sign of life (or with none).
 SELECT
     c.worker,
-    coalesce(s.pool, c.latest.pool) AS pool,
+    coalesce(s.pool, c.latest_pool) AS pool,
     coalesce(s.queues, []::VARCHAR[]) AS queues,
     c.task_keys,
     coalesce(s.slots, 1)::INTEGER AS slots,

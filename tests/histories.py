@@ -88,15 +88,31 @@ def _settings_events() -> st.SearchStrategy[ev.Event]:
 
 
 @st.composite
-def histories(draw: st.DrawFn, max_size: int = 60) -> list[ev.Event]:
-    """A list of stamped events with unique ids and colliding entities and times."""
+def histories(draw: st.DrawFn, max_size: int = 60, reused_ids: bool = False) -> list[ev.Event]:
+    """A list of stamped events with unique ids and colliding entities and times.
+
+    ``reused_ids``: ids from a pool of four instead, so different events share an id (only a
+    faulty or hostile producer sends that), and times from a few seconds, so they share both.
+    """
     bodies = draw(
         st.lists(_task_events() | _worker_events() | _settings_events(), max_size=max_size)
     )
-    stamps = draw(st.lists(times, min_size=len(bodies), max_size=len(bodies)))
+    moments = st.sampled_from([BASE, BASE + timedelta(seconds=1)]) if reused_ids else times
+    stamps = draw(st.lists(moments, min_size=len(bodies), max_size=len(bodies)))
+    ids = (
+        draw(
+            st.lists(
+                st.sampled_from(["r0", "r1", "r2", "r3"]),
+                min_size=len(bodies),
+                max_size=len(bodies),
+            )
+        )
+        if reused_ids
+        else [f"e{i:05d}" for i in range(len(bodies))]
+    )
     return [
-        msgspec.structs.replace(body, id=f"e{i:05d}", at=at)
-        for i, (body, at) in enumerate(zip(bodies, stamps, strict=True))
+        msgspec.structs.replace(body, id=i, at=at)
+        for i, body, at in zip(ids, bodies, stamps, strict=True)
     ]
 
 

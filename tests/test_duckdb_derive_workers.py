@@ -112,6 +112,7 @@ def _fresh(tmp_path: Path) -> Path:
 # --- properties ------------------------------------------------------------------------------
 
 _INSTANTS = st.integers(0, 20).map(lambda s: BASE + timedelta(seconds=s))  # many ties
+_FEW_INSTANTS = st.integers(0, 2).map(lambda s: BASE + timedelta(seconds=s))
 _NAMES = st.sampled_from(("w1", "w 2"))
 
 
@@ -144,13 +145,22 @@ def _lives_events() -> st.SearchStrategy[ev.Event]:
 
 
 @st.composite
-def _lives(draw: st.DrawFn) -> list[ev.Event]:
-    """Worker lives in 20 seconds: times collide, and ids are in no particular time order."""
+def _lives(draw: st.DrawFn, reused_ids: bool = False) -> list[ev.Event]:
+    """Worker lives in 20 seconds: times collide, and ids are in no particular time order.
+
+    ``reused_ids``: ids from a pool of four and times from three instants, so different events
+    share an id, and often both id and time (a faulty producer's)."""
     bodies = draw(st.lists(_lives_events(), max_size=30))
-    stamps = draw(st.lists(_INSTANTS, min_size=len(bodies), max_size=len(bodies)))
-    ids = draw(st.permutations(range(len(bodies))))
+    n = len(bodies)
+    instants = _FEW_INSTANTS if reused_ids else _INSTANTS
+    stamps = draw(st.lists(instants, min_size=n, max_size=n))
+    ids: list[str] = (
+        draw(st.lists(st.sampled_from(["r0", "r1", "r2", "r3"]), min_size=n, max_size=n))
+        if reused_ids
+        else [f"e{i:03d}" for i in draw(st.permutations(range(n)))]
+    )
     return [
-        msgspec.structs.replace(body, id=f"e{i:03d}", at=at)
+        msgspec.structs.replace(body, id=i, at=at)
         for body, at, i in zip(bodies, stamps, ids, strict=True)
     ]
 
@@ -189,6 +199,25 @@ def test_batched_and_duplicated(tmp_path: Path, batches: list[list[ev.Event]]) -
 def test_worker_lives(tmp_path: Path, batches: list[list[ev.Event]]) -> None:
     """Dense lives of two workers: several sessions each, stops, losses and verdicts at the
     same instants as starts, subscriptions on either side of a start."""
+    with _applied(tmp_path, batches) as applied:
+        applied.check()
+
+
+@_PROPERTY
+@given(batches=_redelivered(histories(reused_ids=True)))
+def test_reused_ids(tmp_path: Path, batches: list[list[ev.Event]]) -> None:
+    """Different events sharing an id (a faulty producer), and often its time too: the fold
+    keeps one per id in each set and breaks exact ties of (at, id) by the JSON; so does the
+    SQL, in any batching and with redeliveries."""
+    with _applied(tmp_path, batches) as applied:
+        applied.check()
+
+
+@_PROPERTY
+@given(batches=_redelivered(_lives(reused_ids=True)))
+def test_worker_lives_with_reused_ids(tmp_path: Path, batches: list[list[ev.Event]]) -> None:
+    """Dense lives of two workers whose events share ids and times: starts, stops,
+    subscriptions and losses replaced by a newer event of the same id, or tied with one."""
     with _applied(tmp_path, batches) as applied:
         applied.check()
 
@@ -394,3 +423,54 @@ def test_a_duplicated_start_is_one_session(tmp_path: Path) -> None:
         applied.check()
         sql = f"SELECT count(*) FROM ({worker_sessions_select('events')})"
         assert applied.con.execute(sql).fetchall() == [(1,)]
+
+
+def test_of_starts_sharing_an_id_the_newest_is_the_one_session(tmp_path: Path) -> None:
+    """A faulty producer reusing an id: one start per id, the latest by time, then by JSON."""
+    workers, sessions = _derived(tmp_path, [_start(10, "s", slots=2), _start(0, "s", slots=3)])
+    assert [_columns(schema.WORKER_SESSIONS, s)["slots"] for s in sessions] == [2]
+    workers, sessions = _derived(tmp_path, [_start(5, "s", pool="q"), _start(5, "s", pool="p")])
+    row = _columns(schema.WORKERS, workers[0])
+    assert (row["pool"], len(sessions)) == ("q", 1)  # '..."pool":"q"...' > '..."pool":"p"...'
+    workers, _ = _derived(
+        tmp_path,
+        [
+            ev.WorkerHeartbeat(worker="w", pool="q", **at(5, "h")),
+            ev.WorkerHeartbeat(worker="w", pool="p", **at(5, "h")),
+        ],
+    )
+    assert _columns(schema.WORKERS, workers[0])["pool"] == "q"
+
+
+def test_a_stop_with_a_starts_time_and_id_ends_no_session(tmp_path: Path) -> None:
+    """Neither after that start nor before it; still the latest stop, for stopped_at."""
+    workers, sessions = _derived(
+        tmp_path,
+        [
+            _start(0, "a"),
+            _start(10, "m"),
+            ev.WorkerStopped(worker="w", pool="p", reason="bye", **at(10, "m")),
+        ],
+    )
+    row = _columns(schema.WORKERS, workers[0])
+    assert (row["stopped"], row["stopped_at"], row["stop_reason"]) == (False, t(10), "bye")
+    assert [_columns(schema.WORKER_SESSIONS, s)["stopped_at"] for s in sessions] == [None, None]
+
+
+def test_of_subscriptions_or_losses_sharing_an_id_the_newest_counts(tmp_path: Path) -> None:
+    """The older subscription of an id adds no keys; the older loss of an id ends nothing."""
+    workers, sessions = _derived(
+        tmp_path,
+        [
+            _start(0, task_keys=("a",)),
+            ev.WorkerSubscribed(worker="w", pool="p", task_keys=("y",), **at(4, "s")),
+            _start(6, task_keys=("b",)),
+            ev.WorkerSubscribed(worker="w", pool="p", task_keys=("x",), **at(8, "s")),
+            ev.WorkerLost(worker="w", pool="p", last_seen=t(5), **at(50, "l")),
+            ev.WorkerLost(worker="w", pool="p", last_seen=t(7), **at(40, "l")),
+        ],
+    )
+    row = _columns(schema.WORKERS, workers[0])
+    assert (row["task_keys"], row["lost"]) == (["b", "x"], False)
+    stops = [_columns(schema.WORKER_SESSIONS, s)["stopped_at"] for s in sessions]
+    assert stops == [t(50), None]

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from workledger.core import events as ev
 from workledger.core.errors import StoreError
 from workledger.core.events import EventType
 from workledger.projections.views import (
@@ -33,7 +34,7 @@ from workledger.stores.base import Batch, Sequenced
 from workledger.stores.duckdb import DuckDBStore, check_unlocked
 from workledger.stores.memory import MemoryStore
 
-from .histories import fleet_history
+from .histories import fleet_history, histories
 from .test_store_contract import batch, batched, fleet, reference, t
 
 
@@ -318,6 +319,22 @@ def test_tables_derived_with_every_batch_or_once_at_the_end_are_the_same(
             reference(batches).read_model(),
             reference(batches).stats(),
         )
+
+
+@_KILLS
+@given(history=histories(reused_ids=True), cut=st.integers(0, 60))
+def test_events_sharing_an_id_give_the_tables_the_fold_gives(
+    history: list[ev.Event], cut: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Different events under one id (a faulty producer's): the SQL picks, for every register
+    and every id, the event the fold picks, derived at once or a batch at a time."""
+    path = tmp_path_factory.mktemp("reused") / "store.duckdb"
+    first, second = batch(history[:cut]), batch(history[cut:], len(history[:cut]) + 1)
+    batches = [b for b in (first, second) if b.events]
+    with DuckDBStore(path, materialize_every=0) as store:
+        for each in batches:
+            store.apply(each)
+        assert store.read_model() == reference(batches).read_model()
 
 
 @pytest.mark.parametrize("version", [3, 4])
