@@ -70,10 +70,11 @@ def _newer(current: ev.Event | None, candidate: ev.Event) -> bool:
     if current is None:
         return True
     a, b = candidate.at, current.at
-    if a > b:  # type: ignore[operator]
-        return True
-    if a != b:
-        return False
+    return a > b or (a == b and _tied(current, candidate))  # type: ignore[operator]
+
+
+def _tied(current: ev.Event, candidate: ev.Event) -> bool:
+    """:func:`_newer` for two events at the same instant (off the hot path)."""
     i, j = candidate.id, current.id
     return i > j or (i == j and _json.encode(candidate) > _json.encode(current))
 
@@ -113,7 +114,10 @@ class _TaskRecord:
         if self.updated_at is None or at > self.updated_at:  # type: ignore[operator]
             self.updated_at = at
         if kind is ev.TaskClaimed or kind is ev.TaskStarted:
-            _put(self.marks, event)
+            marks, key = self.marks, event.id  # _put, inlined: most task events are marks
+            kept = marks.get(key)
+            if kept is None or (kept is not event and _newer(kept, event)):
+                marks[key] = event  # type: ignore[assignment]
         elif kind is ev.TaskSubmitted:
             if _newer(self.submitted, event):
                 self.submitted = event  # type: ignore[assignment]
