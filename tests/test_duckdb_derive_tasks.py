@@ -104,7 +104,7 @@ def batched(draw: st.DrawFn, reused_ids: bool = False) -> list[list[ev.Event]]:
     return [stream[a:b] for a, b in itertools.pairwise(cuts)]
 
 
-@settings(max_examples=100, deadline=None)  # ~0.2 s each: a store per example
+@settings(max_examples=50, deadline=None)  # ~0.2 s each: a store per example
 @given(case=batched())
 def test_the_sql_gives_the_folds_rows_for_any_history_batches_and_repeats(
     tmp_path_factory: pytest.TempPathFactory, case: list[list[ev.Event]]
@@ -115,7 +115,7 @@ def test_the_sql_gives_the_folds_rows_for_any_history_batches_and_repeats(
         assert_agree(con)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(case=batched(reused_ids=True))
 def test_the_sql_gives_the_folds_rows_when_different_events_share_ids(
     tmp_path_factory: pytest.TempPathFactory, case: list[list[ev.Event]]

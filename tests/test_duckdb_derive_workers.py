@@ -35,7 +35,7 @@ from .test_store_contract import fleet
 
 # Each example opens a DuckDB file (~0.1 s): modest counts keep the file well under a minute.
 _PROPERTY = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=35, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 Rows = list[tuple[Any, ...]]
 
@@ -194,7 +194,7 @@ def test_batched_and_duplicated(tmp_path: Path, batches: list[list[ev.Event]]) -
         applied.check()
 
 
-@settings(_PROPERTY, max_examples=100)
+@settings(_PROPERTY, max_examples=50)
 @given(batches=_redelivered(_lives()))
 def test_worker_lives(tmp_path: Path, batches: list[list[ev.Event]]) -> None:
     """Dense lives of two workers: several sessions each, stops, losses and verdicts at the
