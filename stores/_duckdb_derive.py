@@ -169,6 +169,9 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
             f"INSERT INTO retained BY NAME SELECT *, '{family.name}' AS kind, "  # noqa: S608
             f"{batch_seq}::BIGINT AS {schema.BATCH_SEQ} FROM ({family.retained(source)})"
         )
+    if since > 0:  # the temporary tables hold up to a second of events: free them now
+        for name in ("wl_fresh", "wl_touched", "wl_events"):
+            cursor.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, str]:

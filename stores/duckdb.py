@@ -64,7 +64,11 @@ _S = TypeVar("_S")
 
 
 class DuckDBStore:
-    """A read model in one DuckDB file; ``read_only`` opens it for queries alone."""
+    """A read model in one DuckDB file; ``read_only`` opens it for queries alone.
+
+    ``materialize_every``: the most seconds between two derivations of the tables (0: with
+    every batch; ``math.inf``: only before a read, a copy or close, as a rebuild does).
+    """
 
     blocking = True  # the daemon runs ``apply`` in a worker thread
 
