@@ -594,27 +594,6 @@ class Ledger:
                 kept[event.id] = event
         return sorted(kept.values(), key=lambda e: e.order_key)
 
-    def retained(self, family: str, key: str | tuple[str, str]) -> list[ev.Event]:
-        """The events one record still depends on ([] if none): ``family`` is ``task``,
-        ``worker``, ``pool`` or ``queue`` (keyed by ``(pool, queue)``).
-
-        The union over every record is :meth:`retained_events`, so a durable store can keep
-        them per record and rewrite only the records in :attr:`changes`.
-        """
-        record: _TaskRecord | _WorkerRecord | _SettingsRecord | None
-        match family, key:
-            case "task", str():
-                record = self._tasks.get(key)
-            case "worker", str():
-                record = self._workers.get(key)
-            case "pool", str():
-                record = self._pools.get(key)
-            case "queue", (str(), str()):
-                record = self._queues.get(key)
-            case _:
-                raise ValueError(f"no {family!r} record keyed {key!r}")
-        return record.retained() if record else []
-
     def intervals(self, task: str) -> list[SlotInterval]:
         """The task's slot stretches, or [] if no event named it."""
         record = self._tasks.get(task)
