@@ -5,10 +5,9 @@ names as column names, so Python and SQL share one vocabulary. ``docs/duckdb.md`
 every column for analysts.
 
 No table has a PRIMARY KEY: its ART index costs on every insert, delete and checkpoint, and
-DuckDB never uses it to find the rows a batch replaces (a join scans). Derived tables instead
-end with ``batch_seq``, the checkpoint of the batch that last wrote the row: rows are appended
-in batch order, so a delete restricted to the ``batch_seq`` values it replaces reads only the
-row groups whose min-max index (zonemap) holds them, however large the table grows.
+DuckDB never uses it to find the rows a derivation replaces (a semi-join on the key scans the
+key column). Derived tables end with ``batch_seq``, the checkpoint of the derivation that last
+wrote the row, so analysts can ask what changed since a checkpoint.
 """
 
 from __future__ import annotations
