@@ -132,6 +132,21 @@ def test_the_openapi_document_promises_422_on_every_route_that_takes_input(
                 assert "422" in operation["responses"], (method, path)
 
 
+def test_repeatable_parameters_are_documented_as_arrays_and_take_one_value_too(
+    api: Api,
+) -> None:
+    """``task_key`` and ``label`` are plain arrays (not ``oneOf`` array/null, which fuzzers read
+    as "a single value is invalid"), and a single ``task_key=x`` is a one-element array."""
+    parameters = api.get("/schema/openapi.json").json()["paths"]["/v1/workers"]["get"]
+    schemas = {p["name"]: p["schema"] for p in parameters["parameters"]}
+    for name in ("task_key", "label"):
+        assert schemas[name]["type"] == "array", name
+        assert "oneOf" not in schemas[name], name
+    one = api.get("/v1/workers", params={"task_key": "etl"})
+    assert one.status_code == 200
+    assert _names(one.json()) == ["c1"]
+
+
 # --- Prefect's task-worker filter ---------------------------------------------------------------
 
 
