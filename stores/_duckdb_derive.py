@@ -20,8 +20,8 @@ from typing import NamedTuple
 
 import duckdb
 
+from workledger.stores import _duckdb_derive_tasks as tasks
 from workledger.stores import _duckdb_schema as schema
-from workledger.stores._duckdb_derive_tasks import slot_intervals_select, tasks_select
 from workledger.stores._duckdb_derive_workers import worker_sessions_select, workers_select
 
 __all__ = ["FAMILIES", "derive", "pools_select", "queues_select"]
@@ -70,16 +70,10 @@ def queues_select(events: str) -> str:
 
 def _task_retained(events: str) -> str:
     """A task's events but its earlier progress reports (the latest, and the latest event
-    with a pool hint, stay)."""
+    with a pool hint, stay: their ids are staged with the task's registers)."""
     return f"""
-        WITH latest AS (
-            SELECT task,
-                arg_max(id, ("at", id)) FILTER (WHERE type = 'task.progress') AS progress_id,
-                arg_max(id, ("at", id)) FILTER (WHERE pool IS NOT NULL) AS hint_id
-            FROM {events} AS e GROUP BY task
-        )
-        SELECT e.* FROM {events} AS e JOIN latest USING (task)
-        WHERE type <> 'task.progress' OR id = progress_id OR id = hint_id"""  # noqa: S608
+        SELECT e.* FROM {events} AS e JOIN {tasks.PLACED} AS p USING (task)
+        WHERE type <> 'task.progress' OR id = p.report_id OR id = p.hint_id"""  # noqa: S608
 
 
 def _worker_retained(events: str) -> str:
@@ -103,13 +97,15 @@ def _everything(events: str) -> str:
 
 
 class Family(NamedTuple):
-    """One kind of entity: the events it reads, its key columns, its tables, its retained."""
+    """One kind of entity: the events it reads, its key columns, its tables, its retained,
+    and the temporary tables its tables' selects share (name -> select of the events)."""
 
     name: str
     reads: str  # SQL condition on an event row
     keys: str
     tables: tuple[tuple[schema.Table, Select], ...]
     retained: Select
+    stage: Callable[[str], dict[str, str]] = lambda _events: {}
 
 
 FAMILIES = (
@@ -117,8 +113,12 @@ FAMILIES = (
         "task",
         "task IS NOT NULL AND starts_with(type, 'task.')",
         "task",
-        ((schema.TASKS, tasks_select), (schema.SLOT_INTERVALS, slot_intervals_select)),
+        (
+            (schema.TASKS, lambda _events: tasks.tasks_select()),
+            (schema.SLOT_INTERVALS, lambda _events: tasks.slot_intervals_select()),
+        ),
         _task_retained,
+        tasks.stage,
     ),
     Family(  # claims and starts are a worker's signs of life
         "worker",
@@ -156,6 +156,9 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
             source, touched = _touched(cursor, family)
         else:
             source, touched = f"(FROM events WHERE {family.reads})", "true"
+        staged = family.stage(source)
+        for name, statement in staged.items():
+            cursor.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {statement}")
         for table, select in family.tables:
             cursor.execute(f"DELETE FROM {table.name} WHERE {touched}")  # noqa: S608
             cursor.execute(
@@ -169,6 +172,8 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
             f"INSERT INTO retained BY NAME SELECT *, '{family.name}' AS kind, "  # noqa: S608
             f"{batch_seq}::BIGINT AS {schema.BATCH_SEQ} FROM ({family.retained(source)})"
         )
+        for name in staged:
+            cursor.execute(f"DROP TABLE {name}")
     if since > 0:  # the temporary tables hold up to a second of events: free them now
         for name in ("wl_fresh", "wl_touched", "wl_events"):
             cursor.execute(f"DROP TABLE IF EXISTS {name}")

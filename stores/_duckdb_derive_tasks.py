@@ -6,8 +6,11 @@ reference is the fold's ``_TaskRecord`` (:mod:`workledger.projections.fold`): ea
 names the rule it mirrors, and tests/test_duckdb_derive_tasks.py holds the rows to
 ``Ledger.task`` and ``Ledger.intervals``.
 
-Order-free and idempotent like the fold: every register (the latest of a kind) is an
-``arg_max`` over ``("at", id, payload)`` (fold._newer: the JSON text breaks a tie on
+Both tables read three temporary tables :func:`stage` makes from the events once: per task
+its registers and placement, its claims and starts, its retries.
+
+Order-free and idempotent like the fold: every register (the latest of a kind) is a ``max``
+over a struct leading with ``("at", id, JSON)`` (fold._newer: the JSON text breaks a tie on
 ``("at", id)``, which only different events sharing an id can make), every "first" a ``min``;
 claims and starts, and retries, are kept one per id, the greatest by that key (fold._put),
 so a repeated event (same id, another ``seq``) changes nothing and the counts are over ids.
@@ -21,7 +24,7 @@ from workledger.core import events as ev
 from workledger.projections.views import TaskStatus
 from workledger.stores import _duckdb_schema as schema
 
-__all__ = ["slot_intervals_select", "tasks_select"]
+__all__ = ["MARKS", "PLACED", "RETRIES", "slot_intervals_select", "stage", "tasks_select"]
 
 
 def _tag(kind: type[ev.Event]) -> str:
@@ -38,66 +41,79 @@ _SUBMITTED_FIELDS = (
     '{"task_key": "VARCHAR", "stage": "VARCHAR", "item": "VARCHAR", "priority": "BIGINT"}'
 )
 _PROGRESS_FIELDS = '{"progress": "DOUBLE", "message": "VARCHAR"}'
-# fold._newer: a register's order; payload::VARCHAR is msgspec's JSON of the event.
-_NEWER = '("at", id, payload::VARCHAR)'
+# fold._newer: a register is the greatest event by ("at", id), then by its JSON text (the
+# payload as VARCHAR is msgspec's JSON of the event). A max over a struct that leads with
+# those fields is that event; the fields after them come from the same event.
+_NEWER = """'at': "at", 'id': id, 'json': payload::VARCHAR"""
 # fold._TERMINAL_STATUS: a terminal event's tag -> its status.
 _TERMINAL_STATUS = f"""CASE {{tag}}
     WHEN {_COMPLETED} THEN '{TaskStatus.COMPLETED}' WHEN {_FAILED} THEN '{TaskStatus.FAILED}'
     WHEN {_CANCELLED} THEN '{TaskStatus.CANCELLED}' WHEN {_CRASHED} THEN '{TaskStatus.CRASHED}'
     END"""
+# The task events among ``{events}``: only those reach a _TaskRecord (Ledger.apply).
+_TASK_EVENTS = "(SELECT * FROM {events} AS e WHERE task IS NOT NULL AND starts_with(type, 'task.'))"
+
+PLACED, MARKS, RETRIES = "wl_task_placed", "wl_task_marks", "wl_task_retries"
 
 
-def _common(events: str, reports: str = "") -> str:
-    """CTEs both statements share: the task events and each task's registers (``reports``:
-    more aggregates of ``registers``, and the terminal's payload for its error)."""
-    error = ", 'payload': payload" if reports else ""
+def _placed(events: str) -> str:
+    """Per task: its registers and placement."""
     return f"""
-task_events AS NOT MATERIALIZED (
-    -- Ledger.apply: only task events reach a _TaskRecord.
-    SELECT task, id, type, "at", worker, pool, queue, payload
-    FROM {events} AS e
-    WHERE task IS NOT NULL AND starts_with(type, 'task.')
-),
-registers AS (
-    -- _TaskRecord.apply: the newest (fold._newer) submitted, terminal and pool hint (any
+WITH registers AS (
+    -- _TaskRecord.apply: the newest submitted, terminal, progress report and pool hint (any
     -- event with a pool; read only without a task.submitted, so none is a candidate), and
     -- the latest time.
     SELECT task,
-        arg_max_null({{'at': "at", 'pool': pool, 'queue': queue, 'payload': payload}}, {_NEWER})
-            FILTER (WHERE type = {_SUBMITTED}) AS sub,
-        arg_max_null({{'at': "at", 'id': id, 'type': type{error}}}, {_NEWER})
-            FILTER (WHERE type IN ({_TERMINALS})) AS term,
-        arg_max_null({{'pool': pool, 'queue': queue}}, {_NEWER})
+        max({{{_NEWER}, 'pool': pool, 'queue': queue}}) FILTER (WHERE type = {_SUBMITTED}) AS sub,
+        max({{{_NEWER}, 'type': type}}) FILTER (WHERE type IN ({_TERMINALS})) AS term,
+        max({{{_NEWER}, 'pool': pool, 'queue': queue}})
             FILTER (WHERE pool IS NOT NULL AND type <> {_SUBMITTED}) AS hint,
-        max("at") AS updated_at{reports}
-    FROM task_events
+        max({{{_NEWER}}}) FILTER (WHERE type = {_PROGRESS}) AS report,
+        max("at") AS updated_at
+    FROM {_TASK_EVENTS.format(events=events)}
     GROUP BY task
-),
-placed AS (
-    -- _TaskRecord._placement: pool, queue, task key and stage from task.submitted, else pool
-    -- and queue from the latest hint (no key, no stage); the terminal's status.
-    SELECT *,
-        CASE WHEN sub IS NULL THEN hint.pool ELSE sub.pool END AS pool,
-        CASE WHEN sub IS NULL THEN hint.queue ELSE sub.queue END AS queue,
-        json_transform(sub.payload, '{_SUBMITTED_FIELDS}') AS submitted,
-        {_TERMINAL_STATUS.format(tag="term.type")} AS term_status
-    FROM registers
+)
+-- _TaskRecord._placement: pool, queue, task key and stage from task.submitted, else pool and
+-- queue from the latest hint (no key, no stage); the terminal's status; the progress.
+SELECT task, sub.at AS submitted_at, term, updated_at,
+    CASE WHEN sub IS NULL THEN hint.pool ELSE sub.pool END AS pool,
+    CASE WHEN sub IS NULL THEN hint.queue ELSE sub.queue END AS queue,
+    json_transform(sub.json, '{_SUBMITTED_FIELDS}') AS submitted,
+    {_TERMINAL_STATUS.format(tag="term.type")} AS term_status,
+    json_transform(report.json, '{_PROGRESS_FIELDS}') AS progress,
+    report.id AS report_id, hint.id AS hint_id
+FROM registers"""  # noqa: S608 (our SQL around a table name)
+
+
+def _marks(events: str) -> str:
+    """_TaskRecord.apply (fold._put): the claims and starts, one per id (a claim and a start
+    sharing an id are one mark): of those sharing it, the newest by ("at", JSON)."""
+    return f"""
+SELECT task, id, m.type, m."at", m.worker
+FROM (
+    SELECT task, id, max({{{_NEWER}, 'type': type, 'worker': worker}}) AS m
+    FROM {_TASK_EVENTS.format(events=events)}
+    WHERE type IN ({_CLAIMED}, {_STARTED})
+    GROUP BY task, id
 )"""  # noqa: S608 (our SQL around a table name)
 
 
-# _TaskRecord.apply (fold._put): the claims and starts, one per id (a claim and a start
-# sharing an id are one mark): of those sharing it, the newest by ("at", payload).
-_MARKS = f"""
-marks AS (
-    SELECT task, id, m.type, m."at", m.worker
-    FROM (
-        SELECT task, id,
-            arg_max({{'type': type, 'at': "at", 'worker': worker}}, ("at", payload::VARCHAR)) AS m
-        FROM task_events
-        WHERE type IN ({_CLAIMED}, {_STARTED})
-        GROUP BY task, id
-    )
-)"""  # noqa: S608 (our constants)
+def _retries(events: str) -> str:
+    """_TaskRecord.apply (fold._put): the retries, one per id, the newest by ("at", JSON)."""
+    return f"""
+SELECT task, id, r."at", r.json
+FROM (
+    SELECT task, id, max({{{_NEWER}}}) AS r
+    FROM {_TASK_EVENTS.format(events=events)}
+    WHERE type = {_RETRYING}
+    GROUP BY task, id
+)"""  # noqa: S608 (our SQL around a table name)
+
+
+def stage(events: str) -> dict[str, str]:
+    """The temporary tables :func:`tasks_select` and :func:`slot_intervals_select` read, each
+    computed once from ``events`` (a table name or a parenthesised subquery): name -> select."""
+    return {PLACED: _placed(events), MARKS: _marks(events), RETRIES: _retries(events)}
 
 
 def _select(table: schema.Table, expressions: dict[str, str]) -> str:
@@ -117,7 +133,7 @@ _TASK_COLUMNS = {
         WHEN s.first_start IS NOT NULL THEN '{TaskStatus.RUNNING}'
         WHEN s.task IS NOT NULL THEN '{TaskStatus.PENDING}'
         WHEN r.task IS NOT NULL THEN '{TaskStatus.RETRYING}'
-        WHEN p.sub IS NOT NULL THEN '{TaskStatus.SUBMITTED}'
+        WHEN p.submitted_at IS NOT NULL THEN '{TaskStatus.SUBMITTED}'
         ELSE '{TaskStatus.UNKNOWN}' END""",
     "pool": "p.pool",
     "queue": "p.queue",
@@ -127,7 +143,7 @@ _TASK_COLUMNS = {
     "item": "p.submitted.item",
     # view(): the stretch's latest start, else its latest claim.
     "worker": "coalesce(s.start_worker, s.mark_worker)",
-    "submitted_at": "p.sub.at",
+    "submitted_at": "p.submitted_at",
     # view(): the stretch's first mark, while the task holds a slot (PENDING or RUNNING).
     "slot_acquired_at": "CASE WHEN p.term IS NULL THEN s.first_mark END",
     "started_at": "s.first_start",
@@ -138,32 +154,21 @@ _TASK_COLUMNS = {
     "message": "p.progress.message",
     # _TaskRecord._error: failed.error, crashed.reason, else the latest retry's error.
     "error": f"""CASE p.term.type
-        WHEN {_FAILED} THEN p.term.payload->>'error'
-        WHEN {_CRASHED} THEN p.term.payload->>'reason'
-        ELSE r.retry_payload->>'error' END""",
+        WHEN {_FAILED} THEN p.term.json::JSON->>'error'
+        WHEN {_CRASHED} THEN p.term.json::JSON->>'reason'
+        ELSE r.retry.json::JSON->>'error' END""",
 }
 
-# For tasks alone: the newest progress report.
-_REPORTS = f""",
-        json_transform(
-            arg_max_null(payload, {_NEWER}) FILTER (WHERE type = {_PROGRESS}),
-            '{_PROGRESS_FIELDS}'
-        ) AS progress"""
 
-
-def tasks_select(events: str) -> str:
-    """The ``tasks`` table's rows (no ``batch_seq``): ``Ledger.task`` of every task."""
+def tasks_select() -> str:
+    """The ``tasks`` table's rows (no ``batch_seq``): ``Ledger.task`` of every task, from the
+    tables :func:`stage` made."""
     return f"""
-WITH {_common(events, _REPORTS)},{_MARKS},
-retried AS (
-    -- _TaskRecord.apply: the newest retry (its ("at", id) and payload) and how many there are
-    -- (by id); few tasks have any.
-    SELECT task,
-        max(("at", id)) AS retry_key,
-        arg_max_null(payload, {_NEWER}) AS retry_payload,
-        count(DISTINCT id) AS retries
-    FROM task_events
-    WHERE type = {_RETRYING}
+WITH retried AS (
+    -- _TaskRecord.apply: the newest retry (its ("at", id) and JSON) and how many there are;
+    -- few tasks have any.
+    SELECT task, max({{'at': "at", 'id': id, 'json': json}}) AS retry, count(*) AS retries
+    FROM {RETRIES}
     GROUP BY task
 ),
 stretch AS (
@@ -175,16 +180,16 @@ stretch AS (
         min(m."at") FILTER (WHERE m.type = {_STARTED}) AS first_start,
         arg_max(m.worker, (m."at", m.id)) FILTER (WHERE m.type = {_STARTED}) AS start_worker,
         arg_max(m.worker, (m."at", m.id)) AS mark_worker
-    FROM marks AS m
+    FROM {MARKS} AS m
     LEFT JOIN retried AS r USING (task)
-    WHERE r.retry_key IS NULL OR (m."at", m.id) > r.retry_key
+    WHERE r.retry IS NULL OR (m."at", m.id) > (r.retry.at, r.retry.id)
     GROUP BY m.task
 )
 SELECT
     {_select(schema.TASKS, _TASK_COLUMNS)}
-FROM placed AS p
+FROM {PLACED} AS p
 LEFT JOIN retried AS r USING (task)
-LEFT JOIN stretch AS s USING (task)"""  # noqa: S608 (our SQL around a table name)
+LEFT JOIN stretch AS s USING (task)"""  # noqa: S608 (our table names)
 
 
 # _release: the stretch's retry when there is no terminal or the terminal is after it.
@@ -211,21 +216,14 @@ _INTERVAL_COLUMNS = {
 }
 
 
-def slot_intervals_select(events: str) -> str:
+def slot_intervals_select() -> str:
     """The ``slot_intervals`` table's rows (no ``batch_seq``): ``Ledger.intervals`` of every
-    task."""
+    task, from the tables :func:`stage` made."""
     return f"""
-WITH {_common(events)},{_MARKS},
-retries AS (
-    -- intervals(): the task's retries, one per id (fold._put: the newest, so the latest
-    -- "at"), sorted by ("at", id) and numbered from 1.
+WITH retries AS (
+    -- intervals(): the task's retries (one per id) sorted by ("at", id), numbered from 1.
     SELECT task, "at", id, row_number() OVER (PARTITION BY task ORDER BY "at", id) AS n
-    FROM (
-        SELECT task, id, max("at") AS "at"
-        FROM task_events
-        WHERE type = {_RETRYING}
-        GROUP BY task, id
-    )
+    FROM {RETRIES}
 ),
 timeline AS (
     -- intervals(): a claim or start falls in the stretch after the retries sorted before it
@@ -236,7 +234,7 @@ timeline AS (
             PARTITION BY task ORDER BY "at", id, is_retry ROWS UNBOUNDED PRECEDING
         ) AS stretch
     FROM (
-        SELECT task, type, worker, "at", id, 0 AS is_retry FROM marks
+        SELECT task, type, worker, "at", id, 0 AS is_retry FROM {MARKS}
         UNION ALL
         SELECT task, NULL, NULL, "at", id, 1 FROM retries
     )
@@ -255,6 +253,6 @@ stretches AS (
 SELECT
     {_select(schema.SLOT_INTERVALS, _INTERVAL_COLUMNS)}
 FROM stretches AS s
-JOIN placed AS p USING (task)
+JOIN {PLACED} AS p USING (task)
 -- intervals(): stretch i (from 0) ends at retry i + 1; the last stretch has none.
-LEFT JOIN retries AS r ON r.task = s.task AND r.n = s.stretch + 1"""  # noqa: S608
+LEFT JOIN retries AS r ON r.task = s.task AND r.n = s.stretch + 1"""  # noqa: S608 (our names)

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from workledger.core import events as ev
 from workledger.stores import _duckdb_schema as schema
-from workledger.stores._duckdb_derive_tasks import slot_intervals_select, tasks_select
+from workledger.stores._duckdb_derive_tasks import slot_intervals_select, stage, tasks_select
 from workledger.stores.base import Batch, Sequenced
 from workledger.stores.duckdb import DuckDBStore
 
@@ -55,15 +55,19 @@ def rows(con: duckdb.DuckDBPyConnection, sql: str) -> Rows:
     return sorted(con.execute(sql).fetchall(), key=repr)
 
 
+def staged(con: duckdb.DuckDBPyConnection, events: str) -> list[tuple[schema.Table, str]]:
+    """Stage ``events`` as the store does; each table with the select of its rows."""
+    for name, select in stage(events).items():
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {select}")
+    return [(schema.TASKS, tasks_select()), (schema.SLOT_INTERVALS, slot_intervals_select())]
+
+
 def fold_and_sql(con: duckdb.DuckDBPyConnection, events: str = "events") -> dict[str, Rows]:
     """Per table: the fold's rows of every event in the file, then the SQL's of ``events``."""
     found = {}
-    for table, select in (
-        (schema.TASKS, tasks_select),
-        (schema.SLOT_INTERVALS, slot_intervals_select),
-    ):
+    for table, select in staged(con, events):
         found[table.name] = fold_rows(con, table)
-        found[f"sql {table.name}"] = rows(con, select(events))
+        found[f"sql {table.name}"] = rows(con, select)
     return found
 
 
@@ -147,11 +151,8 @@ def test_the_sql_reads_a_subquery_and_returns_the_tables_columns(tmp_path: Path)
         assert found["sql slot_intervals"] == [r for r in found["slot_intervals"] if r[0] == "b"]
         (task,) = found["sql tasks"]
         assert (task[6], task[7], task[15], task[16]) == (2**63 - 1, '{"x": 1}', 5e-324, message)
-        for table, select in (
-            (schema.TASKS, tasks_select),
-            (schema.SLOT_INTERVALS, slot_intervals_select),
-        ):
-            described = con.execute(f"DESCRIBE {select('events')}").fetchall()
+        for table, select in staged(con, "events"):
+            described = con.execute(f"DESCRIBE {select}").fetchall()
             columns = con.execute(f"DESCRIBE {table.name}").fetchall()
             assert [row[:2] for row in described] == [row[:2] for row in columns[:-1]]
             assert [row[0] for row in described] == list(table.columns)
