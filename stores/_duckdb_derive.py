@@ -181,8 +181,9 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
 
 def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, str]:
     """The family's entities named by ``wl_fresh``, and their events: those retained for them
-    and the fresh ones, each once (an event delivered twice is one; two that only share an id
-    are two, as in the fold). Returns that relation and the condition naming them."""
+    and the fresh ones (retained ones are all at or before the last derivation's checkpoint,
+    so no row is in both; an event delivered twice is two rows, which the selects, like the
+    fold, count once). Returns that relation and the condition naming them."""
     keys, reads = family.keys, family.reads
     cursor.execute(
         f"CREATE OR REPLACE TEMP TABLE wl_touched AS "  # noqa: S608
@@ -191,11 +192,9 @@ def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, st
     touched = f"({keys}) IN (SELECT ({keys}) FROM wl_touched)"  # noqa: S608
     cursor.execute(
         f"""CREATE OR REPLACE TEMP TABLE wl_events AS
-        SELECT DISTINCT ON (id, type, "at", payload::VARCHAR) * FROM (
-            SELECT * EXCLUDE (kind, {schema.BATCH_SEQ}) FROM retained
-            WHERE kind = '{family.name}' AND {touched}
-            UNION ALL BY NAME
-            SELECT * FROM wl_fresh WHERE {reads}
-        )"""  # noqa: S608
+        SELECT * EXCLUDE (kind, {schema.BATCH_SEQ}) FROM retained
+        WHERE kind = '{family.name}' AND {touched}
+        UNION ALL BY NAME
+        SELECT * FROM wl_fresh WHERE {reads}"""  # noqa: S608
     )
     return "wl_events", touched

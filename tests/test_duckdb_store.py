@@ -35,6 +35,7 @@ from workledger.stores.duckdb import DuckDBStore, check_unlocked
 from workledger.stores.memory import MemoryStore
 
 from .histories import fleet_history, histories
+from .test_fold import at
 from .test_store_contract import batch, batched, fleet, reference, t
 
 
@@ -335,6 +336,46 @@ def test_events_sharing_an_id_give_the_tables_the_fold_gives(
         for each in batches:
             store.apply(each)
         assert store.read_model() == reference(batches).read_model()
+
+
+@_KILLS
+@given(history=histories(), data=st.data())
+def test_an_event_delivered_again_in_a_later_batch_changes_no_table(
+    history: list[ev.Event], data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A redelivered event (the same event at a later sequence, derived from ``retained``
+    and the new batch) is counted once, as the fold counts it."""
+    cut = data.draw(st.integers(0, len(history)))
+    again = data.draw(st.lists(st.sampled_from(history), max_size=4)) if history else []
+    batches, seq = [], 1
+    for part in (history[:cut], history[cut:], again):
+        if part:
+            batches.append(batch(part, seq))
+            seq += len(part)
+    path = tmp_path_factory.mktemp("again") / "store.duckdb"
+    with DuckDBStore(path, materialize_every=0) as store:
+        for each in batches:
+            store.apply(each)
+        once = reference(batches[:-1] if again else batches).read_model()
+        assert store.read_model() == reference(batches).read_model() == once
+
+
+def test_a_retry_and_a_claim_delivered_again_count_once(path: Path) -> None:
+    """The task's retries and slot intervals are over event ids, whichever batch brings a
+    copy."""
+    history = [
+        ev.TaskSubmitted(task="a", pool="p", queue="q", **at(0)),
+        ev.TaskClaimed(task="a", worker="w", **at(1)),
+        ev.TaskRetrying(task="a", error="boom", **at(2)),
+        ev.TaskClaimed(task="a", worker="w", **at(3)),
+    ]
+    batches = [batch(history), batch(history[1:3], 5)]
+    with DuckDBStore(path, materialize_every=0) as store:
+        for each in batches:
+            store.apply(each)
+        assert store.task("a") == reference(batches[:1]).task("a")
+        assert store.task("a").retries == 1  # type: ignore[union-attr]
+        assert store.read_model() == reference(batches[:1]).read_model()
 
 
 @pytest.mark.parametrize("version", [3, 4])
