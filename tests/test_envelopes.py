@@ -515,7 +515,11 @@ async def test_publish_many_refuses_an_oversized_event_before_sending_any(
 def test_the_sync_publisher_sends_envelopes(log_stream: LogConfig) -> None:
     """SyncPublisher takes batch_size and linger, and publish_many hands over a whole list."""
     events = _progress(250)
-    with SyncPublisher(log_stream, encoding="msgpack", batch_size=100) as pub:
+    # linger=1 s, not the default 5 ms: the last 49 events of publish_many must still wait in
+    # their envelope when publish_and_wait hands over the 250th from this thread; on a loaded
+    # machine that hand-over can take longer than 5 ms (the envelope went out alone: seq 4).
+    # The 50-event envelope then goes out by linger, so the test waits about 1 s.
+    with SyncPublisher(log_stream, encoding="msgpack", batch_size=100, linger=1.0) as pub:
         assert pub.publish_many(events[:-1]) == [e.id for e in events[:-1]]
         assert pub.publish_and_wait(events[-1]) == 3
         assert pub.failed == []

@@ -192,7 +192,9 @@ async def test_one_signature_covers_a_whole_envelope(
     event in it."""
     signing = _signing(log_stream, _ed25519_pair(keys, trusted, "billing"))
     events = [ev.TaskSubmitted(task=f"t-{n}", pool="gpu", queue="q") for n in range(20)]
-    async with Publisher(signing, batch_size=10) as pub:
+    # linger=60: only a full envelope goes out (the 20th event fills the second), never 9
+    # events by themselves because the machine was slow between the two calls.
+    async with Publisher(signing, batch_size=10, linger=60) as pub:
         await pub.publish_many(events[:-1])
         last = await pub.publish_and_wait(events[-1])
     store = await _project(_verifying(log_stream, trusted), last)
