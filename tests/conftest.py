@@ -9,7 +9,11 @@ Async tests use anyio's plugin on asyncio (nats-py is asyncio-only)::
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
+import os
+import socket
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
@@ -20,6 +24,7 @@ import pytest
 from hypothesis import settings
 
 from workledger.core import codec
+from workledger.core import nats_server as embedded_nats
 from workledger.core.events import Event
 from workledger.core.log import LogConfig, connect, ensure_stream, stream_info
 from workledger.core.nats_server import EmbeddedNats
@@ -30,6 +35,65 @@ _T = TypeVar("_T")
 # cores it fails healthy tests. Speed is measured in benchmarks/, not here.
 settings.register_profile("workledger", deadline=None)
 settings.load_profile("workledger")
+
+
+# --- ports ----------------------------------------------------------------------------------
+# A test picks a port first and starts a server on it later (EmbeddedNats, a cluster's routes, a
+# daemon restarted on its old port). A port the kernel hands out (bind to port 0) can be taken
+# by anyone in between: another bind to port 0 (other servers, xdist's other worker) or the
+# local end of an outgoing connection. Once a cluster node failed with "bind: address already in
+# use" on its route port. So tests take ports below the kernel's ephemeral range, which the
+# kernel never hands out, each xdist worker from its own slice, never the same one twice.
+
+_FIRST_PORT = 10_000
+
+
+def _ports_of_this_worker() -> range:
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        ephemeral = int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral = 32_768  # Linux's default; macOS starts at 49152
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = (ephemeral - _FIRST_PORT) // workers
+    return range(_FIRST_PORT + worker * size, _FIRST_PORT + (worker + 1) * size)
+
+
+_port_lock = threading.Lock()
+
+
+@functools.cache
+def _port_cycle() -> tuple[range, Iterator[int]]:
+    ports = _ports_of_this_worker()
+    return ports, itertools.cycle(ports)
+
+
+def free_port() -> int:
+    """A 127.0.0.1 port nobody listens on, that no other test of this run is given."""
+    ports, cycle = _port_cycle()
+    if len(ports) < 100:  # an unusual kernel setting: let the kernel choose
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+    with _port_lock:
+        for _ in range(len(ports)):
+            port = next(cycle)
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue  # in use, or still in TIME_WAIT
+            return port
+    raise RuntimeError(f"no free port in {ports}")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _servers_take_ports_from_free_port() -> Iterator[None]:
+    """EmbeddedNats and EmbeddedCluster pick their ports (client, route, monitor) here."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(embedded_nats, "_free_port", free_port)
+        yield
 
 
 class StoredMessage(NamedTuple):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from workledger.core.nats_server import ClusterNode, find_nats_server
 from workledger.core.publisher import SyncPublisher
 from workledger.instrument import SyncWorker, WorkerInfo
 
-from .conftest import run_in_thread
+from .conftest import free_port, run_in_thread
 from .ledger import last_seq
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,12 +120,6 @@ def test_jupyter_reads_the_data_volume_of_the_whole_stream_daemon_read_only() ->
 # --- the same configuration, started locally -------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _answers(url: str) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as response:
@@ -149,9 +142,10 @@ class _Local:
     """Compose's host names and ports, mapped to 127.0.0.1 ports."""
 
     def __init__(self) -> None:
-        self.client = {name: _free_port() for name in NATS}
-        self.route = {name: _free_port() for name in NATS}
-        self.monitor = {name: _free_port() for name in NATS}
+        # ports no other test is given (conftest.free_port): nodes start one after another
+        self.client = {name: free_port() for name in NATS}
+        self.route = {name: free_port() for name in NATS}
+        self.monitor = {name: free_port() for name in NATS}
 
     def urls(self, text: str) -> str:
         """``nats://nats2:4222`` → ``nats://127.0.0.1:<port>``, for client and route URLs."""
@@ -212,7 +206,7 @@ def _compose_up(tmp: Path) -> Iterator[tuple[_Local, dict[str, str]]]:
 
 
 def _daemon_env(service: dict[str, Any], local: _Local, data: Path) -> tuple[dict[str, str], int]:
-    port = _free_port()
+    port = free_port()
     env = {k: local.urls(str(v)) for k, v in service["environment"].items()}
     env |= {
         "WORKLEDGER_HOST": "127.0.0.1",

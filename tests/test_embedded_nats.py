@@ -15,6 +15,8 @@ from workledger.core.errors import NatsServerError
 from workledger.core.log import LogConfig, connect, ensure_stream, stream_info
 from workledger.core.nats_server import EmbeddedNats, find_nats_server
 
+from .conftest import free_port
+
 
 def _accepts(port: int) -> bool:
     try:
@@ -80,9 +82,7 @@ def test_stop_and_kill_are_harmless_when_not_running(tmp_path: Path) -> None:
 
 def test_the_monitor_port_serves_varz(tmp_path: Path) -> None:
     """With monitor_port, the HTTP monitor reports JetStream enabled."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        monitor = probe.getsockname()[1]
+    monitor = free_port()
     url = f"http://127.0.0.1:{monitor}/varz"
     with (
         EmbeddedNats(tmp_path, monitor_port=monitor),

@@ -33,6 +33,7 @@ from workledger.queries import Queries
 from workledger.stores.base import Batch, Sequenced
 from workledger.stores.memory import MemoryStore
 
+from .conftest import free_port
 from .histories import fleet_history
 from .test_daemon_process import WORKLEDGER
 
@@ -232,12 +233,6 @@ async def _eventually(condition: Callable[[], bool], timeout: float = 5) -> None
 
 
 # --- the daemon's /v1/feed -----------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

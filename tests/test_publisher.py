@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from collections import Counter
@@ -20,6 +19,8 @@ from workledger.core.errors import LogError, PublishError, StreamNotFoundError
 from workledger.core.log import LogConfig, connect, subject_for
 from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Encoding, Publisher, SyncPublisher
+
+from .conftest import free_port
 
 pytestmark = pytest.mark.anyio
 
@@ -56,9 +57,7 @@ def _progress(count: int, pool: str = "p") -> list[ev.Event]:
 
 
 def _unused_url() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return f"nats://127.0.0.1:{probe.getsockname()[1]}"
+    return f"nats://127.0.0.1:{free_port()}"
 
 
 @pytest.mark.parametrize("encoding", ["json", "msgpack"])
