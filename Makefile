@@ -23,7 +23,9 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	# One worker per core (2 in CI): most tests wait on real processes (nats-server, daemons),
+	# so the suite is about twice as fast. Each test has its own server, port and tmp_path.
+	$(BIN)/pytest -n auto --dist worksteal
 
 # Every figure of issue 6 with its target, then a summary table (benchmarks/results/latest.md).
 # Full sizes take a while (the 10M-event rebuild alone is minutes) and GBs under /tmp.
