@@ -6,11 +6,13 @@ task (tests/test_duckdb_derive_*.py and the store contract suite hold them to th
 
 :func:`derive` brings the tables from one checkpoint to another. It rewrites the rows of each
 task, worker, pool and queue named by an event after the first, from that entity's events.
-Reading all of them would scan the whole log, so each family keeps ``retained``: per entity,
-the events its rows still depend on. That is every event of a task but its earlier progress
-reports, and of a worker, every event but its earlier heartbeats, claims and starts. A superset
-of what the fold keeps, it folds into the same state, because the fold is a join over sets of
-events. From checkpoint 0 it derives everything from ``events`` alone (a rebuild, an upgrade).
+A task's are read from ``events`` (nearly every task event counts, so a copy would be most of
+the log again). A worker's are mostly heartbeats, claims and starts that no longer count, so
+workers, and pools and queues, keep ``retained``: per entity, the events its rows still
+depend on. For a worker that is every event but its earlier heartbeats, claims and starts. A
+superset of what the fold keeps, it folds into the same state, because the fold is a join over
+sets of events. From checkpoint 0 it derives everything from ``events`` alone (a rebuild, an
+upgrade).
 """
 
 from __future__ import annotations
@@ -68,14 +70,6 @@ def queues_select(events: str) -> str:
     return _settings_select(events, "queue", "pool, queue", fields)
 
 
-def _task_retained(events: str) -> str:
-    """A task's events but its earlier progress reports (the latest, and the latest event
-    with a pool hint, stay: their ids are staged with the task's registers)."""
-    return f"""
-        SELECT e.* FROM {events} AS e JOIN {tasks.PLACED} AS p USING (task)
-        WHERE type <> 'task.progress' OR id = p.report_id OR id = p.hint_id"""  # noqa: S608
-
-
 def _worker_retained(events: str) -> str:
     """A worker's events but its heartbeats, claims and starts other than its latest event
     and its latest sign of life."""
@@ -104,7 +98,7 @@ class Family(NamedTuple):
     reads: str  # SQL condition on an event row
     keys: str
     tables: tuple[tuple[schema.Table, Select], ...]
-    retained: Select
+    retained: Select | None  # None: its entities' events are read from ``events``
     stage: Callable[[str], dict[str, str]] = lambda _events: {}
 
 
@@ -117,7 +111,7 @@ FAMILIES = (
             (schema.TASKS, lambda _events: tasks.tasks_select()),
             (schema.SLOT_INTERVALS, lambda _events: tasks.slot_intervals_select()),
         ),
-        _task_retained,
+        None,
         tasks.stage,
     ),
     Family(  # claims and starts are a worker's signs of life
@@ -165,13 +159,14 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
                 f"INSERT INTO {table.name} BY NAME "  # noqa: S608
                 f"SELECT *, {batch_seq}::BIGINT AS {schema.BATCH_SEQ} FROM ({select(source)})"
             )
-        cursor.execute(
-            f"DELETE FROM retained WHERE kind = '{family.name}' AND {touched}"  # noqa: S608
-        )
-        cursor.execute(
-            f"INSERT INTO retained BY NAME SELECT *, '{family.name}' AS kind, "  # noqa: S608
-            f"{batch_seq}::BIGINT AS {schema.BATCH_SEQ} FROM ({family.retained(source)})"
-        )
+        if family.retained is not None:
+            cursor.execute(
+                f"DELETE FROM retained WHERE kind = '{family.name}' AND {touched}"  # noqa: S608
+            )
+            cursor.execute(
+                f"INSERT INTO retained BY NAME SELECT *, '{family.name}' AS kind, "  # noqa: S608
+                f"{batch_seq}::BIGINT AS {schema.BATCH_SEQ} FROM ({family.retained(source)})"
+            )
         for name in staged:
             cursor.execute(f"DROP TABLE {name}")
     if since > 0:  # the temporary tables hold up to a second of events: free them now
@@ -180,21 +175,28 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
 
 
 def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, str]:
-    """The family's entities named by ``wl_fresh``, and their events: those retained for them
-    and the fresh ones (retained ones are all at or before the last derivation's checkpoint,
-    so no row is in both; an event delivered twice is two rows, which the selects, like the
-    fold, count once). Returns that relation and the condition naming them."""
+    """The family's entities named by ``wl_fresh``, and their events: all of them in
+    ``events``, or those retained for them and the fresh ones (retained ones are all at or
+    before the last derivation's checkpoint, so no row is in both). An event delivered twice
+    is two rows, which the selects, like the fold, count once. Returns that relation and the
+    condition naming the entities."""
     keys, reads = family.keys, family.reads
     cursor.execute(
         f"CREATE OR REPLACE TEMP TABLE wl_touched AS "  # noqa: S608
         f"SELECT DISTINCT {keys} FROM wl_fresh WHERE {reads}"
     )
     touched = f"({keys}) IN (SELECT ({keys}) FROM wl_touched)"  # noqa: S608
-    cursor.execute(
-        f"""CREATE OR REPLACE TEMP TABLE wl_events AS
-        SELECT * EXCLUDE (kind, {schema.BATCH_SEQ}) FROM retained
-        WHERE kind = '{family.name}' AND {touched}
-        UNION ALL BY NAME
-        SELECT * FROM wl_fresh WHERE {reads}"""  # noqa: S608
-    )
+    if family.retained is None:
+        cursor.execute(
+            f"CREATE OR REPLACE TEMP TABLE wl_events AS "  # noqa: S608
+            f"SELECT * FROM events WHERE {reads} AND {touched}"
+        )
+    else:
+        cursor.execute(
+            f"""CREATE OR REPLACE TEMP TABLE wl_events AS
+            SELECT * EXCLUDE (kind, {schema.BATCH_SEQ}) FROM retained
+            WHERE kind = '{family.name}' AND {touched}
+            UNION ALL BY NAME
+            SELECT * FROM wl_fresh WHERE {reads}"""  # noqa: S608
+        )
     return "wl_events", touched

@@ -35,8 +35,9 @@ __all__ = [
 ]
 
 # 2: workers.lost; 3: events.idx, batch_seq, no primary keys; 4: checkpoint.materialized, folded;
-# 5: tables derived in SQL, ``retained`` instead of ``fold_state`` (and checkpoint.folded)
-SCHEMA_VERSION = 5
+# 5: tables derived in SQL, ``retained`` instead of ``fold_state`` (and checkpoint.folded);
+# 6: no task events in ``retained`` (a task's rows are derived from ``events``)
+SCHEMA_VERSION = 6
 
 
 class _Type(NamedTuple):

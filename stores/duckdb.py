@@ -5,9 +5,9 @@ the Python it costs is building one Arrow table of them. The derived tables (the
 task, worker, pool and queue) are derived from those events in SQL
 (:mod:`workledger.stores._duckdb_derive`, held to the Python fold by property tests), at most
 once a ``materialize_every`` seconds and before any read, copy or close: an entity touched by
-many events between two of those is written once, from its ``retained`` events and the new
-ones. Nothing is folded in Python, so a restart restores nothing: the next write derives what
-the last one had not.
+many events between two of those is written once, from its events (a worker's, pool's or
+queue's: those it ``retained`` and the new ones). Nothing is folded in Python, so a restart
+restores nothing: the next write derives what the last one had not.
 
 Queries are SQL over the tables and views of :mod:`workledger.stores._duckdb_schema`; worker
 liveness is the one rule of :mod:`workledger.projections.liveness`, applied to the fetched rows.
@@ -470,12 +470,17 @@ def _create_schema(cursor: duckdb.DuckDBPyConnection) -> None:
     for name, body in schema.VIEWS.items():
         cursor.execute(f"CREATE OR REPLACE VIEW {name} AS {body}")
     # Schemas 3 and 4 kept the Python fold's state instead of ``retained``: the next write
-    # derives every table again, from ``events`` (materialized = 0).
+    # derives every table again, from ``events`` (materialized = 0). Schema 5 also kept task
+    # events in ``retained``, which tasks no longer read.
     cursor.execute("ALTER TABLE checkpoint ADD COLUMN IF NOT EXISTS materialized BIGINT")
     cursor.execute("DROP TABLE IF EXISTS fold_state")
     cursor.execute("ALTER TABLE checkpoint DROP COLUMN IF EXISTS folded")
+    cursor.execute("UPDATE checkpoint SET materialized = 0 WHERE schema_version < 5")
     cursor.execute(
-        "UPDATE checkpoint SET materialized = 0, schema_version = ? WHERE schema_version < ?",
+        "DELETE FROM retained WHERE kind = 'task' AND (SELECT schema_version FROM checkpoint) < 6"
+    )
+    cursor.execute(
+        "UPDATE checkpoint SET schema_version = ? WHERE schema_version < ?",
         [schema.SCHEMA_VERSION, schema.SCHEMA_VERSION],
     )
     cursor.execute(
@@ -487,7 +492,7 @@ def _create_schema(cursor: duckdb.DuckDBPyConnection) -> None:
 
 
 # Older files are read as they are and upgraded when opened for writing.
-_READABLE_VERSIONS = frozenset({3, 4, schema.SCHEMA_VERSION})
+_READABLE_VERSIONS = frozenset({3, 4, 5, schema.SCHEMA_VERSION})
 
 
 class _Write:
