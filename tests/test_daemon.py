@@ -10,6 +10,7 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 import anyio
+import nats.aio.subscription
 import pytest
 from nats.aio.msg import Msg
 
@@ -302,6 +303,23 @@ async def test_batches_are_budgeted_in_bytes_so_envelopes_cannot_make_huge_ones(
     assert last < len(history), "the events travelled in envelopes"
     assert projector.metrics.batches == last, "one message per batch"
     assert store.read_model() == fold(history).read_model()
+
+
+async def test_the_subscription_has_no_pending_limits_so_nats_py_never_drops_a_message(
+    log_stream: LogConfig,
+) -> None:
+    """nats-py drops messages past a subscription's pending limits ("slow consumer") after
+    noting their sequence, so an ordered consumer never fetches them again. The daemon's
+    subscription has none (0); back-pressure is its inbox's bound and flow control."""
+    projector = Projector(ProjectorConfig(log=log_stream), [MemoryStore()])
+    async with anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        subscriptions = list(projector._client._subs.values())  # type: ignore[union-attr]
+        tg.cancel_scope.cancel()
+    consumers = [s for s in subscriptions if s._jsi is not None]  # not the request inbox
+    assert len(consumers) == 1
+    assert (consumers[0]._pending_msgs_limit, consumers[0]._pending_bytes_limit) == (0, 0)
+    assert nats.aio.subscription.DEFAULT_SUB_PENDING_MSGS_LIMIT > 0, "the default would drop"
 
 
 async def test_the_gc_thresholds_are_raised_while_daemons_run_and_restored_after(
