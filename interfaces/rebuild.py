@@ -11,8 +11,10 @@ to another path.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,6 +32,8 @@ from workledger.stores.base import StoreStats
 from workledger.stores.duckdb import DuckDBStore, check_unlocked
 
 __all__ = ["catch_up_config", "rebuild", "rebuild_command"]
+
+_log = logging.getLogger(__name__)
 
 # Nobody queries a file being rebuilt, so batches can be ten times the live daemon's: DuckDB's
 # cost per statement and per commit is then spread over more events (benchmarks/duckdb_apply.py:
@@ -50,8 +54,16 @@ async def rebuild(log_config: LogConfig, duckdb_path: Path, *, progress: bool = 
         catch_up = catch_up_config(log_config)
         gc = fewer_collections(catch_up.gc_thresholds)
         with gc, DuckDBStore(building, materialize_every=math.inf) as store:
+            began = time.perf_counter()
             await _replay(catch_up, store, last, progress)
             stats = store.stats()
+            _log.info("replayed %d messages in %.1f s", last, time.perf_counter() - began)
+            began = time.perf_counter()
+            with _status(progress, f"deriving the tables of {stats.applied:,} events"):
+                store.close()  # derives every table from the events, then checkpoints
+            _log.info(
+                "derived the tables and wrote the file in %.1f s", time.perf_counter() - began
+            )
         _swap(building, duckdb_path)
     finally:
         for leftover in (building, _wal(building)):
@@ -103,6 +115,16 @@ def _progress_bar(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task("events", total=total)
         yield lambda done: bar.update(task, completed=min(done, total))
+
+
+@contextmanager
+def _status(enabled: bool, doing: str) -> Iterator[None]:
+    """A spinner on stderr while the bar has nothing to show (the tables' one derivation)."""
+    if not enabled:
+        yield
+        return
+    with Console(stderr=True).status(doing):
+        yield
 
 
 def _swap(built: Path, target: Path) -> None:
