@@ -58,19 +58,26 @@ PLACED, MARKS, RETRIES = "wl_task_placed", "wl_task_marks", "wl_task_retries"
 
 def _placed(events: str) -> str:
     """Per task: its registers and placement."""
+    task_events = _TASK_EVENTS.format(events=events)
     return f"""
 WITH registers AS (
-    -- _TaskRecord.apply: the newest submitted, terminal, progress report and pool hint (any
-    -- event with a pool; read only without a task.submitted, so none is a candidate), and
-    -- the latest time.
+    -- _TaskRecord.apply: the newest submitted, terminal and progress report, and the latest
+    -- time.
     SELECT task,
         max({{{_NEWER}, 'pool': pool, 'queue': queue}}) FILTER (WHERE type = {_SUBMITTED}) AS sub,
         max({{{_NEWER}, 'type': type}}) FILTER (WHERE type IN ({_TERMINALS})) AS term,
-        max({{{_NEWER}, 'pool': pool, 'queue': queue}})
-            FILTER (WHERE pool IS NOT NULL AND type <> {_SUBMITTED}) AS hint,
         max({{{_NEWER}}}) FILTER (WHERE type = {_PROGRESS}) AS report,
         max("at") AS updated_at
-    FROM {_TASK_EVENTS.format(events=events)}
+    FROM {task_events}
+    GROUP BY task
+),
+hints AS (
+    -- _TaskRecord.apply: the newest pool hint (any event with a pool), read only without a
+    -- task.submitted: so only for those few tasks (most task events carry a pool).
+    SELECT task, max({{{_NEWER}, 'pool': pool, 'queue': queue}}) AS hint
+    FROM {task_events}
+    WHERE pool IS NOT NULL AND type <> {_SUBMITTED}
+        AND task IN (SELECT task FROM registers WHERE sub IS NULL)
     GROUP BY task
 )
 -- _TaskRecord._placement: pool, queue, task key and stage from task.submitted, else pool and
@@ -80,9 +87,8 @@ SELECT task, sub.at AS submitted_at, term, updated_at,
     CASE WHEN sub IS NULL THEN hint.queue ELSE sub.queue END AS queue,
     json_transform(sub.json, '{_SUBMITTED_FIELDS}') AS submitted,
     {_TERMINAL_STATUS.format(tag="term.type")} AS term_status,
-    json_transform(report.json, '{_PROGRESS_FIELDS}') AS progress,
-    report.id AS report_id, hint.id AS hint_id
-FROM registers"""  # noqa: S608 (our SQL around a table name)
+    json_transform(report.json, '{_PROGRESS_FIELDS}') AS progress
+FROM registers LEFT JOIN hints USING (task)"""  # noqa: S608 (our SQL around a table name)
 
 
 def _marks(events: str) -> str:
