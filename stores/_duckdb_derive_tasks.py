@@ -24,7 +24,7 @@ from workledger.core import events as ev
 from workledger.projections.views import TaskStatus
 from workledger.stores import _duckdb_schema as schema
 
-__all__ = ["MARKS", "PLACED", "RETRIES", "slot_intervals_select", "stage", "tasks_select"]
+__all__ = ["slot_intervals_select", "stage", "tasks_select"]
 
 
 def _tag(kind: type[ev.Event]) -> str:
