@@ -430,7 +430,13 @@ class DuckDBStore:
         try:
             yield
         except duckdb.Error as exc:
-            raise StoreError(f"DuckDB file {self.path}: cannot {action}: {exc}") from exc
+            raise StoreError(f"DuckDB file {self.path}: cannot {action}: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: duckdb.Error) -> str:
+    """DuckDB puts the cause on a later line ("database has been invalidated ... Original
+    error: ... No space left on device"); an error line must show it."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def check_unlocked(path: Path) -> None:
