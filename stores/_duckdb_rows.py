@@ -1,9 +1,11 @@
 """Batches as Arrow tables: one columnar insert per table per batch, never row by row.
 
-Building them is Python's share of a DuckDB write, so it takes the cheap conversions
-(``benchmarks/duckdb_apply.py`` measures them): a time becomes an Arrow ``timestamp`` by way of
-the ``timedelta`` since the epoch (pyarrow converts those ~5x faster than ``datetime`` objects);
-an event's wire tag comes from a class-keyed table, not a property.
+Building them is Python's share of a DuckDB write, and it holds the GIL the daemon's decoding
+needs, so it takes the cheap conversions (``benchmarks/duckdb_apply.py`` measures them). Events
+are the most: msgspec writes a batch's JSON in one call, Arrow splits it into one payload per
+event, and the INSERT (:data:`EVENTS_SELECT`) takes the key columns out of the JSON in DuckDB,
+which does not hold the GIL. A time in another table becomes an Arrow ``timestamp`` by way of
+the ``timedelta`` since the epoch (pyarrow converts those ~5x faster than ``datetime`` objects).
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from workledger.core.events import event_types
 from workledger.projections.views import Quarantined
 from workledger.stores._duckdb_schema import EVENTS, QUARANTINED, Table
 from workledger.stores.base import Sequenced
 
 __all__ = [
+    "EVENTS_SELECT",
     "event_table",
     "positions",
     "quarantined_table",
@@ -29,11 +32,22 @@ __all__ = [
 ]
 
 _json = msgspec.json.Encoder()
-_msgpack = msgspec.msgpack.Encoder()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DURATION = pa.duration("us")
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
-_TAGS = {cls: tag for tag, cls in event_types().items()}
+_PAYLOAD = EVENTS.columns["payload"].arrow
+
+# The ``events`` row of each row of :func:`event_table` (read as ``batch_rows``): the columns an
+# event's JSON holds, parsed once per event. The JSON leaves out fields at their default (the
+# store always gets events with an id; an empty one is the default).
+_KEYS = {"id": "VARCHAR", "type": "VARCHAR", "at": "TIMESTAMPTZ"} | dict.fromkeys(
+    ("worker", "task", "pool", "queue"), "VARCHAR"
+)
+EVENTS_SELECT = f"""
+    SELECT seq, idx, coalesce(k.id, '') AS id, k.type, k."at", k.worker, k.task, k.pool, k.queue,
+        subject, payload
+    FROM (SELECT *, json_transform(payload, '{msgspec.json.encode(_KEYS).decode()}') AS k
+        FROM batch_rows)"""  # noqa: S608 (fixed text)
 
 
 def struct_table(table: Table, rows: Sequence[Any]) -> pa.Table:
@@ -47,23 +61,25 @@ def quarantined_table(rows: Sequence[Quarantined]) -> pa.Table:
 
 
 def event_table(items: Sequence[Sequenced]) -> pa.Table:
-    """Raw events: the ids they concern as columns, the whole event as JSON."""
-    events = [item.event for item in items]
+    """Raw events as they are sequenced and as JSON (:data:`EVENTS_SELECT` makes the rows).
+
+    JSON escapes a newline inside a string, so the lines of ``encode_lines`` are the events'
+    JSON texts, each exactly as ``msgspec.json.encode`` writes it alone.
+    """
     seqs = [item.seq for item in items]
-    columns: dict[str, list[Any]] = {
-        "seq": seqs,
-        "idx": positions(seqs),
-        "id": [e.id for e in events],
-        "type": [_TAGS[type(e)] for e in events],
-        "at": [e.at for e in events],
-        "worker": [getattr(e, "worker", None) for e in events],
-        "task": [getattr(e, "task", None) for e in events],
-        "pool": [getattr(e, "pool", None) for e in events],  # Event.pool_key, without the call
-        "queue": [getattr(e, "queue", None) for e in events],
-        "subject": [item.subject for item in items],
-        "payload": list(map(_json.encode, events)),
-    }
-    return _table(EVENTS, columns)
+    lines = _json.encode_lines([item.event for item in items])
+    texts = pc.split_pattern(pa.array([lines], pa.binary()), pattern=b"\n").values
+    payloads = texts.slice(0, len(items)).cast(pa.string())  # the last line is empty
+    return pa.table(
+        {
+            "seq": pa.array(seqs, pa.int64()),
+            "idx": pa.array(positions(seqs), pa.int32()),
+            "subject": pa.array([item.subject for item in items], pa.string()),
+            "payload": pa.ExtensionArray.from_storage(_PAYLOAD, payloads)
+            if isinstance(_PAYLOAD, pa.ExtensionType)
+            else payloads,
+        }
+    )
 
 
 def positions(seqs: Sequence[int]) -> list[int]:

@@ -156,7 +156,7 @@ class DuckDBStore:
         fresh = [item for item in batch.events if item.seq > done]
         held = [q for q in batch.quarantined if q.seq > done]
         write = _Write(batch.last_seq, applied=len(fresh), quarantined=len(held))
-        write.insert(schema.EVENTS, rows.event_table(fresh))
+        write.insert(schema.EVENTS, rows.event_table(fresh), rows.EVENTS_SELECT)
         write.insert(schema.QUARANTINED, rows.quarantined_table(held))
         self._commit(write, derive=time.monotonic() >= self._due)
         s = self._stats
@@ -509,11 +509,13 @@ class _Write:
         self.statements: list[tuple[str, pa.Table]] = []
         self.checkpoint = (last_seq, applied, quarantined)
 
-    def insert(self, table: schema.Table, rows: pa.Table) -> None:
-        """Append ``rows``."""
+    def insert(
+        self, table: schema.Table, rows: pa.Table, select: str = "SELECT * FROM batch_rows"
+    ) -> None:
+        """Append ``rows``, made into the table's by ``select`` (which reads ``batch_rows``)."""
         if not rows.num_rows:
             return
-        sql = f"INSERT INTO {table.name} BY NAME SELECT * FROM batch_rows"  # noqa: S608
+        sql = f"INSERT INTO {table.name} BY NAME {select}"
         self.statements.append((sql, rows))
 
 

@@ -6,9 +6,10 @@ import math
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import duckdb
@@ -87,6 +88,72 @@ def test_the_events_table_keeps_every_event_with_its_sequence_and_payload(
     for (_, kind, moment, task, payload), event in zip(found, fleet(), strict=True):
         assert (kind, moment, task) == (event.type, event.at, getattr(event, "task", None))
         assert msgspec.json.decode(payload, type=EventType) == event
+
+
+_ANY_TEXT = st.text(min_size=1, max_size=12)  # newlines, quotes, backslashes, any script
+_ANY_TIME = st.builds(
+    lambda moment, minutes: moment.replace(tzinfo=UTC).astimezone(
+        timezone(timedelta(minutes=minutes))
+    ),
+    st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2199, 12, 30)),
+    st.integers(-14 * 60, 14 * 60),
+)
+
+
+@st.composite
+def _odd_events(draw: st.DrawFn) -> ev.Event:
+    """Any event type's key fields (and its free text) with odd values: what the events
+    table's columns are read back from its JSON with."""
+    common = {"id": st.text(max_size=20), "at": st.none() | _ANY_TIME}
+    name, text = _ANY_TEXT, st.none() | st.text(max_size=20)
+    return draw(
+        st.one_of(
+            st.builds(ev.WorkerStarted, worker=name, pool=name, host=text, **common),
+            st.builds(ev.WorkerHeartbeat, worker=name, pool=name, **common),
+            st.builds(ev.TaskSubmitted, task=name, pool=name, queue=name, item=text, **common),
+            st.builds(ev.TaskClaimed, task=name, worker=name, pool=st.none() | name, **common),
+            st.builds(ev.TaskProgress, task=name, message=text, **common),
+            st.builds(ev.TaskFailed, task=name, error=text, **common),
+            st.builds(ev.PoolCreated, pool=name, **common),
+            st.builds(ev.QueueUpdated, pool=name, queue=name, **common),
+        )
+    )
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(events=st.lists(_odd_events(), min_size=1, max_size=30), per_message=st.integers(1, 4))
+def test_each_events_row_holds_its_event_whatever_its_text_and_time(
+    tmp_path: Path, events: list[ev.Event], per_message: int
+) -> None:
+    """The key columns come out of the event's JSON in DuckDB: each must equal the event's
+    own field, and the payload its JSON, for any text (newlines included) and any offset."""
+    items = [Sequenced(1 + i // per_message, "s", e) for i, e in enumerate(events)]
+    path = tmp_path / f"odd-{uuid.uuid4()}.duckdb"
+    with DuckDBStore(path, materialize_every=math.inf) as store:
+        store.apply(Batch(events=items, last_seq=items[-1].seq))
+    with duckdb.connect(str(path), read_only=True) as con:
+        found = con.execute(
+            'SELECT seq, idx, id, type, "at", worker, task, pool, queue, subject, payload::VARCHAR '
+            "FROM events ORDER BY seq, idx"
+        ).fetchall()
+    assert found == [
+        (
+            item.seq,
+            i % per_message,
+            item.event.id,
+            item.event.type,
+            item.event.at,
+            getattr(item.event, "worker", None),
+            getattr(item.event, "task", None),
+            getattr(item.event, "pool", None),
+            getattr(item.event, "queue", None),
+            "s",
+            msgspec.json.encode(item.event).decode(),
+        )
+        for i, item in enumerate(items)
+    ]
 
 
 def test_the_views_answer_the_common_questions_like_the_queries(
