@@ -53,6 +53,10 @@ def find_nats_server() -> Path:
     )
 
 
+_PORT_ATTEMPTS = 5
+_PORT_IN_USE = b"address already in use"
+
+
 def _free_port() -> int:
     """A port the OS just handed out, so it is known before the server starts."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -65,10 +69,13 @@ class EmbeddedNats:
     """A ``nats-server -js`` child process bound to 127.0.0.1.
 
     ``port=0`` picks a free port once, at construction: it stays the same across
-    :meth:`restart`. ``config_file`` (a nats-server config: users, permissions, TLS) and
-    ``extra_args`` configure the rest; the store, address and port flags win over the file,
-    so one config serves any number of test servers. The server's log goes to
-    ``<store_dir>/nats-server.log``, never to our stdout. Use it as a context manager, or call
+    :meth:`restart`. Another process can take that port before the server binds it, so the
+    first start moves a picked port (never a given one, nor a cluster node's, which its peers
+    route to) when the server finds it in use. ``config_file`` (a nats-server config: users,
+    permissions, TLS) and ``extra_args`` configure the rest; the store, address and port
+    flags win over the file, so one config serves any number of test servers. The server's
+    log goes to ``<store_dir>/nats-server.log``, never to our stdout. Use it as a context
+    manager, or call
     :meth:`start` and :meth:`stop`.
     """
 
@@ -88,6 +95,7 @@ class EmbeddedNats:
         self.config_file = Path(config_file) if config_file is not None else None
         self.extra_args = tuple(extra_args)
         self.port = port or _free_port()
+        self._may_move_port = port == 0 and cluster is None  # until the first start
         self.monitor_port = monitor_port
         self.start_timeout = start_timeout
         self.binary = Path(binary) if binary else find_nats_server()
@@ -123,14 +131,24 @@ class EmbeddedNats:
         if self.running:
             return
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self._proc = self._spawn(log)
-        try:
-            self._wait_ready(offset)
-        except BaseException:
-            self.kill()
-            raise
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            with self.log_path.open("ab") as log:
+                self._proc = self._spawn(log)
+            try:
+                self._wait_ready(offset)
+            except NatsServerError:
+                self.kill()
+                taken = _PORT_IN_USE in self._log_since(offset)
+                if not (taken and self._may_move_port and attempt < _PORT_ATTEMPTS):
+                    raise
+                self.port = _free_port()
+            except BaseException:
+                self.kill()
+                raise
+            else:
+                self._may_move_port = False
+                return
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (the server flushes and exits), SIGKILL after ``timeout``; always reaps."""

@@ -101,6 +101,28 @@ def test_a_busy_port_fails_with_the_servers_own_words(tmp_path: Path) -> None:
         assert not second.running
 
 
+def test_a_picked_port_taken_before_the_first_start_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``port=0``: if another process takes the picked port before the server binds it, the
+    first start picks another and the server runs there; a restart keeps that one."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        server = EmbeddedNats(tmp_path)
+        server.port = taken  # as if the squatter had bound it between picking and starting
+        server.start()
+        try:
+            assert server.port != taken
+            assert _accepts(server.port)
+            moved = server.port
+            server.restart()
+            assert server.port == moved
+        finally:
+            server.stop()
+
+
 def test_a_missing_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Without nats-server beside Python or on PATH, the error says how to install it."""
     monkeypatch.setattr(sys, "executable", str(tmp_path / "python"))
