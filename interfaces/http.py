@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from workledger.feed import feed_router
 from workledger.http_rules import ERROR_RESPONSES, PUBLIC, bearer_guard, unprocessable
 from workledger.metrics import DaemonCollector, HttpMetrics, metrics_route
-from workledger.page import page_router
+from workledger.page import page_router, session_router
 from workledger.prefect_compat import TaskWorker, TaskWorkerFilterBody, task_worker
 from workledger.projections.utilization import Grouping, UtilizationRow
 from workledger.projections.views import (
@@ -58,7 +58,8 @@ Labels = Annotated[
 def create_app(queries: Queries, *, api_token: str | None = None) -> Litestar:
     """The API for one query service; the routes close over it.
 
-    With ``api_token``, every route but ``/healthz`` requires ``Authorization: Bearer <token>``.
+    With ``api_token``, every route but ``/healthz`` requires ``Authorization: Bearer <token>``
+    (or the live page's session cookie for it).
     """
     registry = CollectorRegistry()
     registry.register(DaemonCollector(queries))
@@ -80,6 +81,7 @@ def create_app(queries: Queries, *, api_token: str | None = None) -> Litestar:
             metrics_route(registry),
             feed_router(queries),
             page_router(),
+            session_router(api_token),
         ],
         openapi_config=OpenAPIConfig(title="workledger", version="1"),
         exception_handlers={ValidationException: unprocessable},

@@ -6,11 +6,15 @@
   for that is 400, which clients cannot tell apart from a malformed request.
 - **Authentication** is optional: with a token configured, every route except ``/healthz``
   (which load balancers probe without credentials and which reveals nothing) needs
-  ``Authorization: Bearer <token>``, and answers 401 without it.
+  ``Authorization: Bearer <token>``, and answers 401 without it. A browser cannot put that
+  header on the live page's ``EventSource``, so the page signs in once (``POST /v1/session``
+  with the header) and gets :data:`SESSION_COOKIE`: HttpOnly, same-site only, holding a key
+  derived from the token (never the token), which the guard admits in its place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Any
 
@@ -26,12 +30,21 @@ from litestar.types import Guard
 __all__ = [
     "ERROR_RESPONSES",
     "PUBLIC",
+    "SESSION_COOKIE",
     "Problem",
     "bearer_guard",
+    "session_key",
     "unprocessable",
 ]
 
 PUBLIC = {"public": True}  # ``opt`` of a route that needs no token
+SESSION_COOKIE = "workledger_session"
+
+
+def session_key(token: str) -> str:
+    """The cookie's value for ``token``: it admits a browser, and reveals nothing of the
+    token if the cookie leaks (a file on disk, a proxy's log)."""
+    return hmac.new(token.encode(), b"workledger page session", hashlib.sha256).hexdigest()
 
 
 class Problem(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,17 +87,23 @@ def _describe(detail: str, extra: list[dict[str, Any]] | dict[str, Any] | None) 
 
 
 def bearer_guard(token: str) -> Guard:
-    """A guard admitting requests that carry ``token``, compared in constant time."""
+    """A guard admitting requests that carry ``token`` (or the page's session cookie for it),
+    compared in constant time."""
     expected = f"Bearer {token}".encode()
+    cookie = session_key(token).encode()
 
     def guard(connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler) -> None:
         if handler.opt.get("public"):
             return
         given = connection.headers.get("authorization", "").encode()
-        if not hmac.compare_digest(given, expected):
-            raise NotAuthorizedException(
-                detail="missing or wrong bearer token (Authorization: Bearer <token>)",
-                headers={"WWW-Authenticate": 'Bearer realm="workledger"'},
-            )
+        if hmac.compare_digest(given, expected):
+            return
+        session = connection.cookies.get(SESSION_COOKIE, "").encode()
+        if session and hmac.compare_digest(session, cookie):
+            return
+        raise NotAuthorizedException(
+            detail="missing or wrong bearer token (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": 'Bearer realm="workledger"'},
+        )
 
     return guard

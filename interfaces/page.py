@@ -5,18 +5,23 @@ No build step and nothing loaded from elsewhere: the files ship in the package
 holds the page to that: scripts, styles and connections to this origin only, so a value in
 the data can never run as code even if some future change forgot to escape it.
 
-The three files hold no data, so they need no API token; the data they fetch does.
+The three files hold no data, so they need no API token; the data they fetch does. Behind a
+token the page asks for it once and signs in (``POST /v1/session``): the answer sets an
+HttpOnly, same-site cookie that the API admits in place of the header, which a browser's
+``EventSource`` cannot send (:mod:`workledger.http_rules`).
 """
 
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
-from litestar import Response, Router, get
+from litestar import Request, Response, Router, delete, get, post
+from litestar.datastructures import Cookie
 
-from workledger.http_rules import PUBLIC
+from workledger.http_rules import PUBLIC, SESSION_COOKIE, session_key
 
-__all__ = ["page_router"]
+__all__ = ["page_router", "session_router"]
 
 _CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
@@ -60,3 +65,29 @@ def page_router() -> Router:
         return Response(js[0], media_type=js[1], headers=_HEADERS)
 
     return Router(path="/", route_handlers=[fleet, stylesheet, script])
+
+
+def session_router(api_token: str | None) -> Router:
+    """``POST /v1/session`` signs a browser in (the guard has checked its bearer token);
+    ``DELETE /v1/session`` signs it out. Without a token there is nothing to sign in to."""
+
+    @post("/session", status_code=204, summary="Sign a browser in: a cookie for the live page")
+    async def sign_in(request: Request[Any, Any, Any]) -> Response[None]:
+        if api_token is None:
+            return Response(None, status_code=204)
+        cookie = Cookie(
+            key=SESSION_COOKIE,
+            value=session_key(api_token),
+            path="/",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return Response(None, status_code=204, cookies=[cookie])
+
+    @delete("/session", status_code=204, opt=PUBLIC, summary="Sign a browser out")
+    async def sign_out() -> Response[None]:
+        gone = Cookie(key=SESSION_COOKIE, value="", path="/", max_age=0, httponly=True)
+        return Response(None, status_code=204, cookies=[gone])
+
+    return Router(path="/v1", route_handlers=[sign_in, sign_out])

@@ -4,6 +4,7 @@ against a real daemon and nats-server."""
 from __future__ import annotations
 
 import json
+import os
 import queue
 import signal
 import socket
@@ -236,12 +237,17 @@ async def _eventually(condition: Callable[[], bool], timeout: float = 5) -> None
 
 
 @contextmanager
-def daemon(config: LogConfig, data_dir: Path, port: int = 0) -> Iterator[tuple[Any, str]]:
+def daemon(
+    config: LogConfig, data_dir: Path, port: int = 0, api_token: str | None = None
+) -> Iterator[tuple[Any, str]]:
     """`workledger project` on ``port``; yields the process and its API's base URL."""
     argv = [WORKLEDGER, "project", "--nats", config.servers[0], "--stream", config.stream]
     argv += ["--subject-prefix", config.subject_prefix, "--port", str(port)]
     argv += ["--data-dir", str(data_dir), "--snapshot-interval", "0.2"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = os.environ | ({"WORKLEDGER_API_TOKEN": api_token} if api_token else {})
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         line = proc.stdout.readline()  # type: ignore[union-attr]
         assert "API http://" in line, proc.stderr.read()  # type: ignore[union-attr]

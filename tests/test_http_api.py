@@ -318,6 +318,37 @@ def test_a_token_is_required_on_every_route_but_healthz_when_configured() -> Non
         assert client.get("/healthz").status_code == 503  # public, and no NATS here
 
 
+def test_the_page_signs_in_once_for_a_cookie_that_admits_it_in_place_of_the_header() -> None:
+    """``POST /v1/session`` with the right token sets an HttpOnly, same-site cookie that is not
+    the token and admits every route (the feed too); a wrong token or a forged cookie does
+    not; ``DELETE /v1/session`` signs out."""
+    app = create_app(Queries(_store()), api_token="s3cret")
+    with TestClient(app) as client:
+        wrong = client.post("/v1/session", headers={"Authorization": "Bearer nope"})
+        assert (wrong.status_code, "set-cookie" in wrong.headers) == (401, False)
+        client.cookies.set("workledger_session", "forged")
+        assert client.get("/v1/workers").status_code == 401
+        client.cookies.clear()
+        signed = client.post("/v1/session", headers={"Authorization": "Bearer s3cret"})
+        assert signed.status_code == 204
+        cookie = signed.headers["set-cookie"]
+        assert "HttpOnly" in cookie
+        assert "samesite=strict" in cookie.lower()
+        assert "s3cret" not in cookie
+        assert client.get("/v1/workers").status_code == 200
+        assert client.get("/metrics").status_code == 200
+        assert client.delete("/v1/session").status_code == 204
+        assert client.get("/v1/workers").status_code == 401
+
+
+def test_without_a_token_signing_in_sets_no_cookie() -> None:
+    """Nothing to sign in to: 204, and every route answers without a cookie anyway."""
+    with TestClient(create_app(Queries(_store()))) as client:
+        signed = client.post("/v1/session")
+        assert (signed.status_code, "set-cookie" in signed.headers) == (204, False)
+        assert client.get("/v1/workers").status_code == 200
+
+
 def _metric(base_url: str, name: str, headers: dict[str, str]) -> float:
     text = httpx.get(f"{base_url}/metrics", headers=headers, timeout=10).text
     return float(_families(text)[name].samples[0].value)

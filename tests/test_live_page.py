@@ -113,6 +113,36 @@ def test_the_page_shows_the_fleet_then_follows_the_feed_without_reloading(
         page.screenshot(path=str(tmp_path / "fleet.png"), full_page=True)
 
 
+def test_behind_a_token_the_page_asks_for_it_once_then_goes_live(
+    log_stream: LogConfig, tmp_path: Path, page: Any
+) -> None:
+    """A daemon with an API token: the page asks for it, a wrong one is refused, the right
+    one signs the page in (a cookie: an EventSource sends no header) and the feed goes live."""
+    from playwright.sync_api import expect
+
+    seqs = publish(log_stream, fleet())
+    with daemon(log_stream, tmp_path / "state", api_token="s3cret") as (_, api):
+        _wait_applied(api, seqs[-1], token="s3cret")
+        page.goto(f"{api}/")
+        expect(page.locator("#signin")).to_be_visible(timeout=WAIT_MS)
+        expect(page.locator('tr[data-worker="w1"]')).to_have_count(0)
+        page.fill("#token", "wrong")
+        page.click("#signin button")
+        expect(page.locator("#signin-error")).to_have_text("wrong token", timeout=WAIT_MS)
+        page.fill("#token", "s3cret")
+        page.click("#signin button")
+        expect(page.locator("#signin")).to_be_hidden(timeout=WAIT_MS)
+        expect(page.locator("#feed-state")).to_have_attribute("data-state", "live", timeout=WAIT_MS)
+        expect(page.locator('tr[data-worker="w1"] [data-task="t1"]')).to_be_visible()
+        publish(log_stream, [ev.TaskCompleted(task="t1")])
+        expect(page.locator('tr[data-worker="w1"] [data-task="t1"]')).to_have_count(
+            0, timeout=WAIT_MS
+        )
+        cookies = page.context.cookies()
+        assert [c["httpOnly"] for c in cookies] == [True]
+        assert "s3cret" not in cookies[0]["value"]
+
+
 def test_text_from_the_data_is_shown_as_text_never_run_as_markup(
     log_stream: LogConfig, tmp_path: Path, page: Any
 ) -> None:
@@ -139,9 +169,10 @@ def test_text_from_the_data_is_shown_as_text_never_run_as_markup(
         assert page.evaluate("window.__ran") is None
 
 
-def _wait_applied(api: str, seq: int) -> None:
+def _wait_applied(api: str, seq: int, token: str | None = None) -> None:
     import httpx
 
     params = {"wait_for": seq, "timeout": 10}
-    health = httpx.get(f"{api}/v1/checkpoint", params=params, timeout=15).json()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    health = httpx.get(f"{api}/v1/checkpoint", params=params, headers=headers, timeout=15).json()
     assert health["checkpoint"] >= seq

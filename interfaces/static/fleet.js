@@ -50,7 +50,7 @@
 
   async function getJSON(path) {
     const response = await fetch(path, { headers: { Accept: "application/json" } });
-    if (response.status === 401) setFeed("offline", "this daemon wants an API token");
+    if (response.status === 401) askForToken();
     if (!response.ok) throw new Error(`${path}: HTTP ${response.status}`);
     return response.json();
   }
@@ -136,8 +136,12 @@
     $("feed-label").textContent = label ?? kind;
   }
 
+  let feed = null; // the EventSource
+  let retry = null; // the timer that reconnects it
+
   function connect() {
     const source = new EventSource("/v1/feed");
+    feed = source;
     source.addEventListener("ready", () => setFeed("live"));
     source.addEventListener("gap", () => load()); // the daemon no longer has what we missed
     source.addEventListener("lagged", () => setFeed("connecting", "catching up"));
@@ -151,11 +155,42 @@
     source.onerror = () => {
       if (source.readyState === EventSource.CLOSED) {
         setFeed("offline", "offline, retrying");
-        setTimeout(connect, 5000); // the browser gives up on an HTTP error: we do not
+        retry = setTimeout(connect, 5000); // the browser gives up on an HTTP error: we do not
       } else {
         setFeed("connecting", "reconnecting");
       }
     };
+  }
+
+  // --- signing in: a daemon started with an API token ------------------------------------
+  // An EventSource cannot send an Authorization header, so the page trades the token for an
+  // HttpOnly session cookie once (POST /v1/session); the token itself is never stored.
+
+  function askForToken() {
+    setFeed("offline", "this daemon wants an API token");
+    $("signin").hidden = false;
+  }
+
+  async function signIn(event) {
+    event.preventDefault();
+    const token = $("token").value;
+    $("token").value = "";
+    const response = await fetch("/v1/session", {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    if (!response.ok) {
+      $("signin-error").textContent = response.status === 401 ? "wrong token" : `HTTP ${response.status}`;
+      return;
+    }
+    $("signin").hidden = true;
+    $("signin-error").textContent = "";
+    if (feed === null || feed.readyState === EventSource.CLOSED) {
+      clearTimeout(retry);
+      connect();
+    }
+    load();
+    loadUtilization();
   }
 
   // --- rendering -----------------------------------------------------------------------
@@ -386,6 +421,7 @@
 
   // --- start ---------------------------------------------------------------------------
 
+  $("signin").addEventListener("submit", signIn);
   connect(); // first, so nothing published while the page loads is missed
   load();
   loadUtilization();
