@@ -92,7 +92,8 @@ async def _publish(config: LogConfig, items: Sequence[ev.Event], size: int) -> t
 async def _catch_up(config: LogConfig, last: int, store: MemoryStore | Counting) -> float:
     """Events/s of a daemon reading the whole stream into ``store``."""
     projector = Projector(ProjectorConfig(log=config, watch_interval=_WATCH), [cast(Store, store)])
-    return store.stats().applied / await caught_up(projector, last)
+    seconds = await caught_up(projector, last)
+    return store.stats().applied / seconds  # counted after: the left operand goes first
 
 
 async def caught_up(projector: Projector, last: int) -> float:
