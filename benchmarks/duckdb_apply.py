@@ -215,7 +215,10 @@ def append_rate(writer: Writer, items: Sequence[Sequenced], repeat: int) -> floa
             con = duckdb.connect(str(Path(tmp) / "bench.duckdb"))
             con.execute(EVENTS.ddl)
             con.execute(CHECKPOINT.ddl)
-            con.execute("INSERT INTO checkpoint VALUES (1, 0, 0, 0, 1)")
+            con.execute(
+                "INSERT INTO checkpoint BY NAME SELECT 1 AS id, 0 AS checkpoint, 0 AS applied, "
+                "0 AS quarantined, 1 AS schema_version"
+            )
             began = time.perf_counter()
             con.begin()
             writer(con, items)

@@ -54,6 +54,16 @@ def test_the_hot_path_benchmarks_print_a_rate_each() -> None:
     assert len(rates) == 5
 
 
+def test_the_duckdb_append_paths_all_still_run() -> None:
+    """duckdb_apply.py --appends (outside make bench) on 500 events: a positive rate per path."""
+    argv = ["--events", "500", "--repeat", "1", "--appends"]
+    result = _run(str(BENCHMARKS / "duckdb_apply.py"), *argv, timeout=120)
+    assert result.returncode == 0, result.stderr
+    paths = result.stdout.split("append paths")[1].splitlines()[1:]
+    assert len(paths) == 4
+    assert all(float(line.split()[-1].replace(",", "")) > 0 for line in paths)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_make_bench_quick_covers_every_figure_of_the_issue_with_its_target(
