@@ -12,6 +12,7 @@ already printed from it are skipped (by event id).
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime
@@ -237,6 +238,10 @@ def tail_command(
     given = {"pool": pool, "worker": worker, "task": task, "queue": queue}
     params: dict[str, Any] = {k: v for k, v in given.items() if v is not None}
     params |= {"type": list(types), "heartbeat": _HEARTBEAT}
+    # Started in the background of a script, a process inherits SIGINT ignored, and Python then
+    # never raises KeyboardInterrupt; the daemon stops on SIGINT however it was started, and so
+    # does tail.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         _Follower(api.rstrip("/"), params, after, as_json).run()
     except KeyboardInterrupt:

@@ -461,9 +461,14 @@ class Lines:
 
 @contextmanager
 def tail(*args: str) -> Iterator[tuple[subprocess.Popen[str], Lines, Lines]]:
-    """`workledger tail` with its stdout and stderr read line by line."""
+    """`workledger tail` with its stdout and stderr read line by line, started as a script's
+    background job starts it: with SIGINT ignored, which Ctrl-C (SIGINT) must stop anyway."""
     proc = subprocess.Popen(
-        [WORKLEDGER, "tail", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [WORKLEDGER, "tail", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),  # noqa: PLW1509
     )
     out, err = Lines(proc.stdout), Lines(proc.stderr)  # type: ignore[arg-type]
     try:
