@@ -75,9 +75,7 @@ def event_table(items: Sequence[Sequenced]) -> pa.Table:
             "seq": pa.array(seqs, pa.int64()),
             "idx": pa.array(positions(seqs), pa.int32()),
             "subject": pa.array([item.subject for item in items], pa.string()),
-            "payload": pa.ExtensionArray.from_storage(_PAYLOAD, payloads)
-            if isinstance(_PAYLOAD, pa.ExtensionType)
-            else payloads,
+            "payload": _as_json(payloads),
         }
     )
 
@@ -108,8 +106,11 @@ def _table(table: Table, columns: dict[str, list[Any]]) -> pa.Table:
 
 
 def _array(values: list[Any], kind: pa.DataType) -> pa.Array:
-    if pa.types.is_timestamp(kind):
-        return times(values)
-    if isinstance(kind, pa.ExtensionType):  # JSON: wrap the text, which msgspec wrote valid
-        return pa.ExtensionArray.from_storage(kind, pa.array(values, kind.storage_type))
-    return pa.array(values, kind)
+    return times(values) if pa.types.is_timestamp(kind) else pa.array(values, kind)
+
+
+def _as_json(texts: pa.Array) -> pa.Array:
+    """Text msgspec wrote, typed as Arrow's JSON (where pyarrow has it) so DuckDB trusts it."""
+    if isinstance(_PAYLOAD, pa.ExtensionType):
+        return pa.ExtensionArray.from_storage(_PAYLOAD, texts)
+    return texts

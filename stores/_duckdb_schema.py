@@ -62,12 +62,11 @@ _LABELS = _Type("MAP(VARCHAR, VARCHAR)", pa.map_(pa.string(), pa.string()))
 # validating parse of every payload (msgspec wrote it); plain strings are parsed on insert.
 _JSON = _Type("JSON", pa.json_() if hasattr(pa, "json_") else pa.string())
 _BLOB = _Type("BLOB", pa.binary())
-# Long or unique values (payloads, ids, msgpack): zstd at a checkpoint costs about half of
+# Long or unique values (payloads, ids): zstd at a checkpoint costs about half of
 # DuckDB's trial of every method and, on payloads, gives a file half the size
 # (benchmarks/duckdb_apply.py). Short repeated values (status, pool, ...) keep dictionaries.
 _ID = _TEXT._replace(compression="zstd")
 _PAYLOAD = _JSON._replace(compression="zstd")
-_PACKED = _BLOB._replace(compression="zstd")
 
 
 BATCH_SEQ = "batch_seq"
