@@ -101,9 +101,7 @@ def test_a_busy_port_fails_with_the_servers_own_words(tmp_path: Path) -> None:
         assert not second.running
 
 
-def test_a_picked_port_taken_before_the_first_start_is_replaced(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_picked_port_taken_before_the_first_start_is_replaced(tmp_path: Path) -> None:
     """``port=0``: if another process takes the picked port before the server binds it, the
     first start picks another and the server runs there; a restart keeps that one."""
     with socket.socket() as squatter:
