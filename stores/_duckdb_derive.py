@@ -147,7 +147,10 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
         cursor.execute(f"CREATE OR REPLACE TEMP TABLE wl_fresh AS FROM events WHERE seq > {since}")
     for family in FAMILIES:
         if since > 0:
-            source, touched = _touched(cursor, family)
+            found = _touched(cursor, family)
+            if found is None:
+                continue  # nothing of the family changed (pools and queues, mostly)
+            source, touched = found
         else:
             source, touched = f"(FROM events WHERE {family.reads})", "true"
         staged = family.stage(source)
@@ -174,17 +177,20 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
             cursor.execute(f"DROP TABLE IF EXISTS {name}")
 
 
-def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, str]:
+def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, str] | None:
     """The family's entities named by ``wl_fresh``, and their events: all of them in
     ``events``, or those retained for them and the fresh ones (retained ones are all at or
     before the last derivation's checkpoint, so no row is in both). An event delivered twice
     is two rows, which the selects, like the fold, count once. Returns that relation and the
-    condition naming the entities."""
+    condition naming the entities, or None when ``wl_fresh`` names none: a derivation's cost
+    is mostly per statement, and most derivations change no pool or queue."""
     keys, reads = family.keys, family.reads
-    cursor.execute(
+    created = cursor.execute(
         f"CREATE OR REPLACE TEMP TABLE wl_touched AS "  # noqa: S608
         f"SELECT DISTINCT {keys} FROM wl_fresh WHERE {reads}"
-    )
+    ).fetchone()
+    if created is None or created[0] == 0:
+        return None
     touched = f"({keys}) IN (SELECT ({keys}) FROM wl_touched)"  # noqa: S608
     if family.retained is None:
         cursor.execute(
