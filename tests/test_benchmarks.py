@@ -23,6 +23,8 @@ EXPECTED = [
     "end to end b1",
     "latency p50",
     "latency p99",
+    "latency p50 memory",
+    "latency p99 memory",
     "latency load",
     "latency drained",
     "active workers by task key",
