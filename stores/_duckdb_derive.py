@@ -189,7 +189,7 @@ def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, st
         f"CREATE OR REPLACE TEMP TABLE wl_touched AS "  # noqa: S608
         f"SELECT DISTINCT {keys} FROM wl_fresh WHERE {reads}"
     ).fetchone()
-    if created is None or created[0] == 0:
+    if created is not None and created[0] == 0:  # CREATE TABLE AS returns its row count
         return None
     touched = f"({keys}) IN (SELECT ({keys}) FROM wl_touched)"  # noqa: S608
     if family.retained is None:
