@@ -61,8 +61,9 @@ _ID, _ZONE, _POOL_KEY = map(operator.attrgetter, ("id", "at.tzinfo", "pool_key")
 _UTC_ONLY = {UTC}
 
 Listener = Callable[[Batch], None]
-"""Told of each batch once every store has applied it (the live feed is one). It runs on the
-fold's path, so it must only hand the batch on and return: no I/O, no waiting."""
+"""Told of a batch once stores have applied it (see ``Projector.listeners`` and
+``live_listeners``). It runs on the fold's path, so it must only hand the batch on and
+return: no I/O, no waiting."""
 
 
 class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -260,7 +261,9 @@ class Projector:
     batch and, by the store contract, skips what its own checkpoint covers, so a store restored
     from an older snapshot catches up while the others skip what they already have.
 
-    ``listeners`` are called with each applied batch (see :data:`Listener`); one that raises
+    ``listeners`` are called with each batch once every store holds it; ``live_listeners`` as
+    soon as the in-memory stores hold it (what live queries and the live feed read), while a
+    store that writes to disk may still be writing it (see :data:`Listener`). One that raises
     is logged and the fold goes on.
     """
 
@@ -284,6 +287,7 @@ class Projector:
         self._lanes: list[_Lane] = []  # one per store that does I/O, while running
         self._unsettled: deque[_Dispatched] = deque()  # handed on, not yet in every store
         self.listeners: list[Listener] = []
+        self.live_listeners: list[Listener] = []
 
     @property
     def checkpoint(self) -> int:
@@ -453,6 +457,8 @@ class Projector:
         began = time.perf_counter()
         for store in self._inline:
             store.apply(batch)  # each store skips what it already has
+        if self._inline:
+            _tell(self.live_listeners, batch)
         self._unsettled.append(_Dispatched(batch, fresh[-1][1], began))
         for lane in self._lanes:
             await lane.send(batch)
@@ -486,11 +492,9 @@ class Projector:
             progress.set()
 
     def _notify(self, batch: Batch) -> None:
-        for listener in self.listeners:
-            try:
-                listener(batch)
-            except Exception:
-                _log.exception("listener %r failed on a batch; the fold goes on", listener)
+        _tell(self.listeners, batch)
+        if not self._inline:  # no in-memory store: the batch is live once it is everywhere
+            _tell(self.live_listeners, batch)
 
     def _account(self, batch: Batch, last: Any, seconds: float) -> None:
         m = self.metrics
@@ -506,6 +510,14 @@ class Projector:
         if len(batch.quarantined) > _LOGGED_PER_BATCH:
             more = len(batch.quarantined) - _LOGGED_PER_BATCH
             _log.warning("set aside %d more messages in this batch (`workledger quarantine`)", more)
+
+
+def _tell(listeners: list[Listener], batch: Batch) -> None:
+    for listener in listeners:
+        try:
+            listener(batch)
+        except Exception:
+            _log.exception("listener %r failed on a batch; the fold goes on", listener)
 
 
 class _Dispatched(msgspec.Struct):

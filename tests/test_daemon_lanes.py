@@ -11,7 +11,10 @@ import pytest
 from workledger.core import events as ev
 from workledger.core.log import LogConfig
 from workledger.core.publisher import Publisher
+from workledger.feed import open_feed
 from workledger.projections.daemon import Projector, ProjectorConfig
+from workledger.projections.feed import FeedFilter
+from workledger.queries import Queries
 from workledger.stores.base import Batch
 from workledger.stores.memory import MemoryStore
 
@@ -104,3 +107,30 @@ async def test_the_fold_waits_once_the_backlog_for_a_slow_store_is_full(
         assert await projector.wait_for(held, timeout=10)
         tg.cancel_scope.cancel()
     assert memory.read_model() == slow.read_model()
+
+
+async def test_the_live_feed_and_live_listeners_are_told_before_a_slow_store_has_written(
+    log_stream: LogConfig,
+) -> None:
+    """What the in-memory store holds is live at once; ``listeners`` (every store holds it)
+    hear of it only after the slow store's write."""
+    memory, slow = MemoryStore(), _Gated()
+    projector = Projector(ProjectorConfig(log=log_stream), [memory, slow])
+    everywhere: list[int] = []
+    projector.listeners.append(lambda batch: everywhere.append(batch.last_seq))
+    feed = open_feed(Queries(memory, projector=projector))
+    assert feed is not None
+    sub = feed.subscribe(FeedFilter())
+    async with Publisher(log_stream) as pub, anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        try:
+            seq = await pub.publish_and_wait(_started(0))
+            got = await sub.next(10)
+            assert [item.seq for item in got] == [seq]
+            assert feed.item(got[0]).view is not None  # the worker, from the in-memory store
+            assert everywhere == []
+        finally:
+            slow.gate.set()
+        assert await projector.wait_for(seq, timeout=10)
+        tg.cancel_scope.cancel()
+    assert everywhere == [seq]

@@ -192,7 +192,7 @@ async def test_the_route_sends_keep_alives_and_unsubscribes_a_client_that_hangs_
     store = MemoryStore()
     projector = Projector(ProjectorConfig(), [store])
     app = create_app(Queries(store, projector=projector))
-    (publish_to_feed,) = projector.listeners
+    (publish_to_feed,) = projector.live_listeners
     live: Feed = publish_to_feed.__self__  # type: ignore[attr-defined]
     server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
     sock = socket.create_server(("127.0.0.1", 0))
