@@ -532,11 +532,10 @@ class _Lane:
     """A store that does I/O (``blocking = True``) applies batches in its own thread, in order.
 
     Batches that arrive while it writes wait, and it applies them together as one: a DuckDB
-    transaction costs milliseconds whatever it holds (10-19 ms under a steady load), and its
-    periodic derivation far more, so one at a time held every batch, and the in-memory stores
-    with them, behind the slowest write. The daemon waits only once ``backlog`` events wait
-    (one batch is always taken, however big), so a slow disk still slows the daemon down
-    instead of piling batches up in memory.
+    transaction costs milliseconds whatever it holds (10-19 ms under a steady load), so one
+    at a time held every batch, and the in-memory stores with them, behind the slowest write.
+    The daemon waits only once ``backlog`` events wait (one batch is always taken, however
+    big), so a slow disk still slows the daemon down instead of piling batches up in memory.
     """
 
     def __init__(self, store: Store, backlog: int) -> None:

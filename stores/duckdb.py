@@ -3,11 +3,12 @@
 Each batch commits its raw events and the checkpoint: that is what makes it durable, and all
 the Python it costs is building one Arrow table of them. The derived tables (the rows of every
 task, worker, pool and queue) are derived from those events in SQL
-(:mod:`workledger.stores._duckdb_derive`, held to the Python fold by property tests), at most
-once a ``materialize_every`` seconds and before any read, copy or close: an entity touched by
-many events between two of those is written once, from its events (a worker's, pool's or
-queue's: those it ``retained`` and the new ones). Nothing is folded in Python, so a restart
-restores nothing: the next write derives what the last one had not.
+(:mod:`workledger.stores._duckdb_derive`, held to the Python fold by property tests): by a
+thread of the store's own, at most once a ``materialize_every`` seconds and in a transaction
+of its own while batches go on being appended, and before any read, copy or close. An entity
+touched by many events between two derivations is written once, from its events (a
+worker's, pool's or queue's: those it ``retained`` and the new ones). Nothing is folded in
+Python, so a restart restores nothing: the next derivation derives what the last one had not.
 
 Queries are SQL over the tables and views of :mod:`workledger.stores._duckdb_schema`; worker
 liveness is the one rule of :mod:`workledger.projections.liveness`, applied to the fetched rows.
@@ -67,7 +68,10 @@ class DuckDBStore:
     """A read model in one DuckDB file; ``read_only`` opens it for queries alone.
 
     ``materialize_every``: the most seconds between two derivations of the tables (0: with
-    every batch; ``math.inf``: only before a read, a copy or close, as a rebuild does).
+    every batch; ``math.inf``: only before a read, a copy or close, as a rebuild does). In
+    between, a thread of the store's own derives them on its own cursor, in its own
+    transaction, while batches go on being appended: a derivation (up to a second under load)
+    no longer holds back the batches behind it.
     """
 
     blocking = True  # the daemon runs ``apply`` in a worker thread
@@ -87,9 +91,13 @@ class DuckDBStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._writing = threading.Lock()  # a batch and a published copy never overlap
+        self._deriving = threading.RLock()  # one derivation at a time, and none during a copy
         self._closed = False
-        # time.monotonic() when the tables are next derived: with the first batch, unless never
-        self._due = 0.0 if math.isfinite(materialize_every) else math.inf
+        self._behind = 0 < materialize_every < math.inf and not read_only  # derive in a thread
+        self._deriver: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._failure: StoreError | None = None  # the deriver's, raised by the next batch
+        self._due = time.monotonic() + materialize_every  # when the deriver derives next
         try:
             with self._translated("open"):
                 if not read_only:
@@ -109,6 +117,7 @@ class DuckDBStore:
         if self._closed:
             return
         try:
+            self._stop_deriver()
             if not self.read_only:
                 with self._writing:
                     self._materialize()
@@ -118,6 +127,7 @@ class DuckDBStore:
             self._release()
 
     def _release(self) -> None:
+        self._stop_deriver()
         self._closed = True
         with self._lock:
             for cursor in self._cursors:
@@ -146,8 +156,15 @@ class DuckDBStore:
         """
         if self.read_only:
             raise StoreError(f"DuckDB file {self.path} is open read-only")
+        if self._failure is not None:
+            raise StoreError(f"{self._failure} (in the background)") from self._failure
         with self._writing:
             self._apply(batch)
+        if self._behind and self._deriver is None:
+            self._deriver = threading.Thread(
+                target=self._derive_behind, name=f"workledger-derive {self.path.name}", daemon=True
+            )
+            self._deriver.start()
 
     def _apply(self, batch: Batch) -> None:
         done = self._stats.checkpoint
@@ -158,7 +175,7 @@ class DuckDBStore:
         write = _Write(batch.last_seq, applied=len(fresh), quarantined=len(held))
         write.insert(schema.EVENTS, rows.event_table(fresh), rows.EVENTS_SELECT)
         write.insert(schema.QUARANTINED, rows.quarantined_table(held))
-        self._commit(write, derive=time.monotonic() >= self._due)
+        self._commit(write, derive=self.materialize_every == 0)
         s = self._stats
         self._stats = StoreStats(
             checkpoint=batch.last_seq,
@@ -167,37 +184,66 @@ class DuckDBStore:
         )
 
     def _materialize(self) -> None:
-        """Derive the tables of everything committed since they were last derived.
-
-        The caller holds ``_writing``.
-        """
-        checkpoint = self._stats.checkpoint
-        if self._materialized != checkpoint:
-            self._commit(_Write(checkpoint, applied=0, quarantined=0), derive=True)
+        """Derive the tables of everything committed since they were last derived."""
+        with self._deriving:
+            if self._materialized != self._stats.checkpoint:
+                self._derive_committed()
 
     def _current(self) -> None:
-        """Before a read: bring the derived tables up to the checkpoint."""
+        """Before a read: bring the derived tables up to the checkpoint (no batch meanwhile,
+        so the read sees the tables of every batch it sees)."""
         if not self.read_only and self._materialized != self._stats.checkpoint:
             with self._writing:
                 self._materialize()
 
-    def _commit(self, write: _Write, *, derive: bool) -> None:
-        """Run ``write`` in one transaction, deriving the tables up to it with ``derive``.
+    def _derive_behind(self) -> None:
+        """The deriver thread: once due, derive what was committed since the last time."""
+        try:
+            while not self._stopping.wait(max(0.0, self._due - time.monotonic())):
+                self._due = time.monotonic() + self.materialize_every
+                self._materialize()
+        except Exception as exc:  # the next batch raises it: the daemon stops with its reason
+            why = f"DuckDB file {self.path}: cannot derive the tables: {exc}"
+            self._failure = exc if isinstance(exc, StoreError) else StoreError(why)
 
-        The next derivation comes ``materialize_every`` seconds later, or three times as long
-        as this write took if that is longer, so deriving never takes more than about a
-        quarter of the time however much changes (a rebuild's catch-up).
-        ``materialize_every=0`` derives them with every batch.
-        """
-        started = time.monotonic()
+    def _stop_deriver(self) -> None:
+        self._stopping.set()
+        if self._deriver is not None and self._deriver is not threading.current_thread():
+            self._deriver.join()
+
+    def _derive_committed(self) -> None:
+        """One transaction of its own, on this thread's cursor: derive the tables from the
+        ``materialized`` mark to the committed checkpoint, and move the mark. The batches'
+        transactions append to ``events`` and update the checkpoint row's other columns, so
+        they never conflict with it. The caller holds ``_deriving``."""
+        cursor, started = self._cursor(), time.monotonic()
+        with self._translated("derive the tables"):
+            cursor.begin()
+            try:
+                mark = "SELECT materialized, checkpoint FROM checkpoint WHERE id = 1"
+                ((since, upto),) = cursor.execute(mark).fetchall()
+                if since != upto:
+                    derive(cursor, since, upto)
+                    cursor.execute("UPDATE checkpoint SET materialized = ? WHERE id = 1", [upto])
+                cursor.commit()
+            except BaseException:
+                with suppress(duckdb.Error):
+                    cursor.rollback()
+                raise
+        self._materialized = upto
+        # The next one ``materialize_every`` seconds later, or three times as long as this one
+        # took if that is longer: deriving never takes more than a quarter of the time.
+        now = time.monotonic()
+        self._due = now + max(self.materialize_every, 3 * (now - started))
+
+    def _commit(self, write: _Write, *, derive: bool) -> None:
+        """Run ``write`` in one transaction, deriving the tables up to it with ``derive``
+        (``materialize_every=0``: with every batch)."""
         since = self._materialized if derive else None
         with self._translated(f"write the batch up to sequence {write.last_seq}"):
             _write(self._cursor(), write, since)
         if derive:
             self._materialized = write.last_seq
-            if self.materialize_every > 0:
-                now = time.monotonic()
-                self._due = now + max(self.materialize_every, 3 * (now - started))
 
     def publish(self, target: Path) -> StoreStats:
         """Write a copy of the file as of the last committed batch to ``target``, atomically.
@@ -211,8 +257,8 @@ class DuckDBStore:
         if self.read_only:
             raise StoreError(f"DuckDB file {self.path} is open read-only")
         action = f"publish a copy to {target}"
-        with self._writing, self._translated(action):
-            self._materialize()
+        with self._writing, self._deriving, self._translated(action):
+            self._materialize()  # and no derivation until the copy is made: see publish_copy
             stats = self._stats
             try:
                 publish_copy(self._cursor(), self.path, target)
@@ -527,11 +573,13 @@ def _write(cursor: duckdb.DuckDBPyConnection, write: _Write, since: int | None) 
         _write_rows(cursor, write)
         if since is not None:
             derive(cursor, since, write.last_seq)
-        cursor.execute(
-            "UPDATE checkpoint SET checkpoint = ?, applied = applied + ?, "
-            "quarantined = quarantined + ?, materialized = coalesce(?, materialized) WHERE id = 1",
-            [*write.checkpoint, None if since is None else write.last_seq],
-        )
+        # The mark only when deriving: the deriver thread updates that column alone, and DuckDB
+        # lets two transactions update different columns of one row.
+        columns = "checkpoint = ?, applied = applied + ?, quarantined = quarantined + ?"
+        values: list[object] = list(write.checkpoint)
+        if since is not None:
+            columns, values = f"{columns}, materialized = ?", [*values, write.last_seq]
+        cursor.execute(f"UPDATE checkpoint SET {columns} WHERE id = 1", values)  # noqa: S608
         cursor.commit()
     except BaseException:
         # A failed commit may have ended the transaction already; the first error is the
