@@ -175,7 +175,12 @@ class DuckDBStore:
         write = _Write(batch.last_seq, applied=len(fresh), quarantined=len(held))
         write.insert(schema.EVENTS, rows.event_table(fresh), rows.EVENTS_SELECT)
         write.insert(schema.QUARANTINED, rows.quarantined_table(held))
-        self._commit(write, derive=self.materialize_every == 0)
+        # materialize_every=0: the tables are derived in the batch's transaction, all or nothing
+        since = self._materialized if self.materialize_every == 0 else None
+        with self._translated(f"write the batch up to sequence {write.last_seq}"):
+            _write(self._cursor(), write, since)
+        if since is not None:
+            self._materialized = batch.last_seq
         s = self._stats
         self._stats = StoreStats(
             checkpoint=batch.last_seq,
@@ -217,33 +222,17 @@ class DuckDBStore:
         transactions append to ``events`` and update the checkpoint row's other columns, so
         they never conflict with it. The caller holds ``_deriving``."""
         cursor, started = self._cursor(), time.monotonic()
-        with self._translated("derive the tables"):
-            cursor.begin()
-            try:
-                mark = "SELECT materialized, checkpoint FROM checkpoint WHERE id = 1"
-                ((since, upto),) = cursor.execute(mark).fetchall()
-                if since != upto:
-                    derive(cursor, since, upto)
-                    cursor.execute("UPDATE checkpoint SET materialized = ? WHERE id = 1", [upto])
-                cursor.commit()
-            except BaseException:
-                with suppress(duckdb.Error):
-                    cursor.rollback()
-                raise
+        with self._translated("derive the tables"), _transaction(cursor):
+            mark = "SELECT materialized, checkpoint FROM checkpoint WHERE id = 1"
+            ((since, upto),) = cursor.execute(mark).fetchall()
+            if since != upto:
+                derive(cursor, since, upto)
+                cursor.execute("UPDATE checkpoint SET materialized = ? WHERE id = 1", [upto])
         self._materialized = upto
         # The next one ``materialize_every`` seconds later, or three times as long as this one
         # took if that is longer: deriving never takes more than a quarter of the time.
         now = time.monotonic()
         self._due = now + max(self.materialize_every, 3 * (now - started))
-
-    def _commit(self, write: _Write, *, derive: bool) -> None:
-        """Run ``write`` in one transaction, deriving the tables up to it with ``derive``
-        (``materialize_every=0``: with every batch)."""
-        since = self._materialized if derive else None
-        with self._translated(f"write the batch up to sequence {write.last_seq}"):
-            _write(self._cursor(), write, since)
-        if derive:
-            self._materialized = write.last_seq
 
     def publish(self, target: Path) -> StoreStats:
         """Write a copy of the file as of the last committed batch to ``target``, atomically.
@@ -567,19 +556,25 @@ class _Write:
 
 def _write(cursor: duckdb.DuckDBPyConnection, write: _Write, since: int | None) -> None:
     """One transaction: append the events, derive the tables from ``since`` (unless None),
-    move the checkpoint."""
-    cursor.begin()
-    try:
+    move the checkpoint. ``materialized`` only when deriving: the deriver thread writes that
+    column alone, and DuckDB lets two transactions update different columns of one row."""
+    columns = "checkpoint = ?, applied = applied + ?, quarantined = quarantined + ?"
+    values: list[object] = list(write.checkpoint)
+    if since is not None:
+        columns, values = f"{columns}, materialized = ?", [*values, write.last_seq]
+    with _transaction(cursor):
         _write_rows(cursor, write)
         if since is not None:
             derive(cursor, since, write.last_seq)
-        # The mark only when deriving: the deriver thread updates that column alone, and DuckDB
-        # lets two transactions update different columns of one row.
-        columns = "checkpoint = ?, applied = applied + ?, quarantined = quarantined + ?"
-        values: list[object] = list(write.checkpoint)
-        if since is not None:
-            columns, values = f"{columns}, materialized = ?", [*values, write.last_seq]
         cursor.execute(f"UPDATE checkpoint SET {columns} WHERE id = 1", values)  # noqa: S608
+
+
+@contextmanager
+def _transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN, then COMMIT, or ROLLBACK on any error."""
+    cursor.begin()
+    try:
+        yield
         cursor.commit()
     except BaseException:
         # A failed commit may have ended the transaction already; the first error is the
