@@ -42,8 +42,8 @@ _Id = Annotated[str | None, QueryParameter(min_length=1, max_length=512)]
 
 
 def open_feed(queries: Queries) -> Feed | None:
-    """A feed over the query service's store, told of every batch its projector applies as
-    soon as that store holds it (the in-memory store: not after the DuckDB store's write).
+    """A feed over the query service's store (the in-memory one), told of every batch its
+    projector applies as soon as that store holds it, not after the DuckDB store's write.
 
     None when the store cannot look one worker up (only the in-memory store can), or no
     projector feeds it.
@@ -53,8 +53,7 @@ def open_feed(queries: Queries) -> Feed | None:
         return None
     views: FeedViews = store  # type: ignore[assignment]  # checked just above
     feed = Feed(views, clock=queries.clock, multiplier=queries.multiplier)
-    told = projector.listeners if getattr(store, "blocking", False) else projector.live_listeners
-    told.append(feed.publish)
+    projector.live_listeners.append(feed.publish)
     return feed
 
 
