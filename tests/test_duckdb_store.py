@@ -338,6 +338,30 @@ def test_the_tables_are_derived_in_the_background_once_due(path: Path) -> None:
         assert store.read_model() == reference([batch(history)]).read_model()
 
 
+def test_a_failed_background_derivation_stops_the_next_batch_with_its_reason(
+    path: Path,
+) -> None:
+    """The derivation fails in the store's thread (a table dropped under it); the next batch
+    raises that reason and is not committed, so a restart reads it again."""
+    history = fleet()
+    store = DuckDBStore(path, materialize_every=0.05)
+    try:
+        store.apply(batch(history[:5]))
+        store._cursor().execute("DROP TABLE slot_intervals")
+        refused = batch(history[5:], 6)
+        deadline = time.monotonic() + 10
+        with pytest.raises(StoreError, match=r"cannot derive the tables: .*slot_intervals"):
+            while time.monotonic() < deadline:
+                store.apply(refused)
+                time.sleep(0.01)
+                refused = batch(history[5:], store.stats().checkpoint + 1)
+        events = store._cursor().execute("SELECT count(*) FROM events").fetchone()
+        assert events == (store.stats().checkpoint,), "only the batches applied are there"
+        assert _checkpoint_row(store)[0] == store.stats().checkpoint
+    finally:
+        store._release()
+
+
 def test_a_batch_is_committed_while_a_derivation_is_running(path: Path) -> None:
     """Batches do not wait for a derivation: while one holds the store's derivation (here
     the test holds it, as a long one would), a batch from another thread commits."""
