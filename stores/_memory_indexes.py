@@ -12,16 +12,16 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, insort
 from collections import Counter
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from itertools import chain
+from itertools import chain, groupby
 from typing import Any
 
 import msgspec
 from sortedcontainers import SortedList
 
 from workledger.projections.utilization import micros
-from workledger.projections.views import SlotCount, WorkerStatus, WorkerView
+from workledger.projections.views import SlotCount, SlotHolder, WorkerStatus, WorkerView
 
 __all__ = [
     "FleetCounts",
@@ -378,39 +378,58 @@ def _online(seen: SortedList, now: datetime, grace: timedelta) -> int:
 
 
 _Place = tuple[str | None, str | None]  # (pool, queue) a slot is held in
+_Since = tuple[float, str]  # (when the slot was taken, task): the order holders are listed in
 
 
 class SlotTally:
-    """Tasks holding a slot, by the (pool, queue) they hold it in.
+    """Tasks holding a slot, by the (pool, queue) they hold it in, each place's in order.
 
-    The store says where each task holds one (or None) whenever the task or its worker's pool
-    changes, so counts for every pool cost one pass over the places, not over the tasks.
+    The store says where each task holds one, and as whom (or None), whenever the task or its
+    worker's pool changes. So counts for every pool cost one pass over the places, and a
+    place's holders are read in order, not sorted per query (a pool can hold thousands).
     """
 
     def __init__(self) -> None:
         self._place: dict[str, _Place] = {}
-        self._held: dict[_Place, set[str]] = {}
+        self._holder: dict[str, SlotHolder] = {}
+        self._held: dict[_Place, SortedList] = {}  # of _Since
 
-    def place(self, task: str, where: _Place | None) -> None:
-        """Record that ``task`` holds a slot at ``where`` (None: holds none)."""
+    def place(self, holder: SlotHolder, where: _Place | None) -> None:
+        """Record that ``holder.task`` holds a slot at ``where``, as ``holder`` (None: none)."""
+        task = holder.task
         before = self._place.get(task)
-        if before == where:
+        if before == where and (where is None or self._holder[task] == holder):
             return
         if before is not None:
-            holders = self._held[before]
-            holders.discard(task)
-            if not holders:
+            held = self._held[before]
+            held.remove(_since(self._holder.pop(task)))
+            if not held:
                 del self._held[before]
             del self._place[task]
         if where is not None:
             self._place[task] = where
-            self._held.setdefault(where, set()).add(task)
+            self._holder[task] = holder
+            held = self._held.get(where)
+            if held is None:
+                held = self._held[where] = SortedList()
+            held.add(_since(holder))
 
-    def tasks(self, *, pool: str | None, queue: str | None) -> Iterator[str]:
-        """Tasks holding a slot in ``pool`` and ``queue`` (None: any)."""
-        for (p, q), holders in self._held.items():
-            if (pool is None or p == pool) and (queue is None or q == queue):
-                yield from holders
+    def holders(self, *, pool: str | None, queue: str | None) -> list[SlotHolder]:
+        """Holders in ``pool`` and ``queue`` (None: any), by pool, queue, since and task."""
+        places = sorted(
+            (
+                p
+                for p in self._held
+                if (pool is None or p[0] == pool) and (queue is None or p[1] == queue)
+            ),
+            key=_holder_place,
+        )
+        found = []
+        for _, alike in groupby(places, key=_holder_place):  # None and "" list as one
+            held = [self._held[p] for p in alike]
+            keys = held[0] if len(held) == 1 else heapq.merge(*held)
+            found += [self._holder[task] for _, task in keys]
+        return found
 
     def counts(self, *, pool: str | None) -> list[SlotCount]:
         """Per pool (queue None) and per (pool, queue), each pool's total first."""
@@ -423,9 +442,14 @@ class SlotTally:
         ordered = sorted(counts.items(), key=lambda kv: _count_order(*kv[0]))
         return [SlotCount(pool=p, queue=q, held=n) for (p, q), n in ordered]
 
-    def places(self) -> Mapping[_Place, set[str]]:
-        """Every place with its holders (read only)."""
-        return self._held
+
+def _since(holder: SlotHolder) -> _Since:
+    since = holder.since
+    return (since.timestamp() if since is not None else float("-inf"), holder.task)
+
+
+def _holder_place(place: _Place) -> tuple[str, str]:
+    return (place[0] or "", place[1] or "")
 
 
 def _count_order(pool: str | None, queue: str | None) -> tuple[str, bool, str]:

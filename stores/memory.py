@@ -179,8 +179,16 @@ class MemoryStore:
             _tally(self._unfinished_pairs, after, 1)
 
     def _place(self, view: TaskView) -> None:
-        where = (self._pool_of(view), view.queue) if view.status in HOLDING_SLOT else None
-        self._slots.place(view.task, where)
+        pool = self._pool_of(view)
+        holder = SlotHolder(
+            task=view.task,
+            status=view.status,
+            pool=pool,
+            queue=view.queue,
+            worker=view.worker,
+            since=view.slot_acquired_at,
+        )
+        self._slots.place(holder, (pool, view.queue) if view.status in HOLDING_SLOT else None)
 
     def _settle(self) -> None:
         """Derive the slot stretches and sessions of what changed since they were last asked."""
@@ -280,18 +288,8 @@ class MemoryStore:
     def slot_holders(
         self, *, pool: str | None = None, queue: str | None = None
     ) -> list[SlotHolder]:
-        holders = [
-            SlotHolder(
-                task=v.task,
-                status=v.status,
-                pool=self._pool_of(v),
-                queue=v.queue,
-                worker=v.worker,
-                since=v.slot_acquired_at,
-            )
-            for v in map(self._tasks.__getitem__, self._slots.tasks(pool=pool, queue=queue))
-        ]
-        return sorted(holders, key=_holder_order)
+        """Kept in order per (pool, queue) as tasks change: read, not sorted, per query."""
+        return self._slots.holders(pool=pool, queue=queue)
 
     def slot_counts(self, *, pool: str | None = None) -> list[SlotCount]:
         """Kept per (pool, queue) as tasks change: one pass over pools and queues."""
@@ -518,7 +516,3 @@ def _tally(counter: Counter[_Pair], pairs: Iterable[_Pair], step: int) -> None:
         counter[pair] += step
         if counter[pair] <= 0:
             del counter[pair]
-
-
-def _holder_order(h: SlotHolder) -> tuple[str, str, float, str]:
-    return (h.pool or "", h.queue or "", _timestamp(h.since), h.task)
