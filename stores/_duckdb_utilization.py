@@ -8,7 +8,8 @@ fields (TIMESTAMPTZ times, VARCHAR ids and statuses, VARCHAR[] lists).
 How the query is built, step by step (CTE names in brackets):
 
 1. ``iv``: intervals as epoch microseconds, a missing pool taken from the worker's session in
-   force at ``acquired_at``; ``sess``: sessions with their effective end ``fin``.
+   force at ``acquired_at``; ``sess``: sessions with their effective end ``fin``. Both keep
+   only what can touch the window (everything for ``by="queue"``).
 2. ``ivk``/``sessk``: each interval and session keyed by its group(s) ``(kpool, kgroup)``.
 3. ``segs`` -> ``spread``: busy, slot and capacity stretches clipped to the window and split
    into buckets (``generate_series`` over the bucket indices a stretch covers).
@@ -64,6 +65,7 @@ iv AS (
     LEFT JOIN worker_sessions AS s
       ON i.pool IS NULL AND s.worker = i.worker AND s.started_at <= i.acquired_at
      AND (s.next_started_at IS NULL OR i.acquired_at < s.next_started_at)
+    WHERE {interval_in_window}
 ),
 sess AS (
     SELECT worker, pool, list_distinct(queues) AS queues, list_distinct(task_keys) AS task_keys,
@@ -76,6 +78,7 @@ sess AS (
                    + CAST(round(heartbeat_interval * $multiplier * 1e6) AS BIGINT))
            END AS fin
     FROM worker_sessions
+    WHERE {session_in_window}
 ),
 known_queues AS (
     SELECT DISTINCT pool, queue FROM (
@@ -123,8 +126,7 @@ cells AS (
            count(*) FILTER (WHERE ended = 'CRASHED') AS crashed,
            count(*) FILTER (WHERE ended = 'CANCELLED') AS cancelled,
            count(ended) AS ends,
-           quantile_cont(run, 0.5) AS p50,
-           quantile_cont(run, 0.95) AS p95
+           quantile_cont(run, [0.5, 0.95]) AS runs  -- one sorted state for both
     FROM facts
     GROUP BY kpool, kgroup, b
 ),
@@ -141,7 +143,8 @@ dense AS (
            coalesce(c.capacity, 0) AS capacity,
            coalesce(c.completed, 0) AS completed, coalesce(c.failed, 0) AS failed,
            coalesce(c.retried, 0) AS retried, coalesce(c.crashed, 0) AS crashed,
-           coalesce(c.cancelled, 0) AS cancelled, c.p50, c.p95
+           coalesce(c.cancelled, 0) AS cancelled,
+           c.runs[1] AS p50, c.runs[2] AS p95
     FROM grps AS g CROSS JOIN buckets AS k
     LEFT JOIN cells AS c
       ON c.kpool IS NOT DISTINCT FROM g.kpool AND c.kgroup IS NOT DISTINCT FROM g.kgroup
@@ -182,15 +185,28 @@ def utilization_sql(
     window = Window.of(since=since, until=until, now=now, bucket=bucket)
     params = _params(window, multiplier, with_capacity=by != "stage")
     found = conn.execute(_query(by), params).fetchall()
-    return [_row(window, record) for record in found]
+    buckets = window.buckets()
+    return [_row(buckets[record[2]], record) for record in found]
+
+
+# What can add to a window's rows: a stretch acquired before its end and not released before
+# its start (a release in it is an ending), a session giving capacity in it. ``by="queue"``
+# reads them all: a pool's queues are those any of its stretches or sessions ever named.
+_INTERVAL_IN_WINDOW = (
+    "epoch_us(i.acquired_at) < $until AND coalesce(epoch_us(i.released_at), $now) >= $since"
+)
+_SESSION_IN_WINDOW = "st < $until AND fin > $since"
 
 
 def _query(by: Grouping) -> str:
     interval_pool, interval_group = _INTERVAL_KEYS[by]
+    windowed = by != "queue"
     return _QUERY.format(
         interval_pool=interval_pool,
         interval_group=interval_group,
         session_keys=_SESSION_KEYS[by],
+        interval_in_window=_INTERVAL_IN_WINDOW if windowed else "true",
+        session_in_window=_SESSION_IN_WINDOW if windowed else "true",
     )
 
 
@@ -207,15 +223,15 @@ def _params(window: Window, multiplier: float, *, with_capacity: bool) -> dict[s
     }
 
 
-def _row(window: Window, record: tuple[Any, ...]) -> UtilizationRow:
-    group, pool, index, busy, slot, capacity, ratio, *counts = record
+def _row(bucket: tuple[datetime, datetime, int], record: tuple[Any, ...]) -> UtilizationRow:
+    group, pool, _, busy, slot, capacity, ratio, *counts = record
     completed, failed, retried, crashed, cancelled, throughput, p50, p95, success = counts
-    start, end = window.bounds(index)
+    start, end, _ = bucket
     return UtilizationRow(
         group=group,
         pool=pool,
-        bucket_start=window.moment(start),
-        bucket_end=window.moment(end),
+        bucket_start=start,
+        bucket_end=end,
         busy_seconds=busy,
         slot_seconds=slot,
         capacity_seconds=capacity,

@@ -396,6 +396,30 @@ def test_the_sql_version_agrees_on_the_hand_computed_cases(
             assert_agree(store.utilization(**kwargs), utilization_sql(duck, **kwargs))
 
 
+def test_what_the_sql_reads_of_a_window_keeps_an_ending_at_its_start_and_nothing_at_its_end(
+    duck: duckdb.DuckDBPyConnection,
+) -> None:
+    """The SQL reads only stretches and sessions that can touch the window: one released
+    exactly at ``since`` still counts as ended in it; one acquired exactly at ``until``, and a
+    session stopped before ``since``, add nothing."""
+    history = [
+        worker("w", 0, slots=1),
+        worker("gone", 0, slots=1),
+        ev.WorkerStopped(worker="gone", pool="p", **at(5)),
+        *run("a", 10, 20, (ev.TaskCompleted, 30)),
+        *run("b", 40, 45, (ev.TaskCompleted, 50)),
+    ]
+    store = fold(history)
+    load_tables(duck, store)
+    kwargs: dict[str, Any] = {"by": "worker", "since": t(30), "until": t(40), "now": t(100)}
+    rows = utilization_sql(duck, **kwargs)
+    assert [(r.group, r.completed, r.busy_seconds, r.slot_seconds) for r in rows] == [
+        ("w", 1, 0.0, 0.0)
+    ]
+    assert rows[0].capacity_seconds == 10.0  # seen at 0, online until 0 + 30 s x 3
+    assert_agree(store.utilization(**kwargs), rows)
+
+
 # --- rebuilds -------------------------------------------------------------------------------
 
 
