@@ -54,9 +54,10 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 from typing import Literal, get_args
 
 import msgspec
@@ -86,6 +87,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SPAN = re.compile(r"(\d+)([smhdw])")
+_NOTHING_WHOLE = range(0)  # no bucket covered whole (Window.split)
 
 _Key = tuple[str | None, str | None]  # (pool, group)
 
@@ -209,19 +211,22 @@ class Window:
         """Whether an instant falls in ``[since, until)``."""
         return self.since <= at < self.until
 
-    def pieces(self, start: int, end: int) -> Iterator[tuple[int, int]]:
-        """``(bucket, microseconds)`` for each bucket that ``[start, end)`` overlaps."""
+    def split(self, start: int, end: int) -> tuple[list[tuple[int, int]], range]:
+        """``[start, end)`` cut to the window: ``(bucket, microseconds)`` for the buckets it
+        covers in part (one or two), and the range of buckets it covers whole, in between.
+
+        Whole buckets are left to the caller to add at once: a session over a day in minute
+        buckets covers 1,440 of them, and a fleet holds 100k sessions.
+        """
         lo, hi = max(start, self.since), min(end, self.until)
         if hi <= lo:
-            return
+            return [], _NOTHING_WHOLE
         first, last = self.index(lo), self.index(hi - 1)
         if first == last:
-            yield first, hi - lo
-            return
-        yield first, self.origin + (first + 1) * self.width - lo
-        for index in range(first + 1, last):  # whole buckets between
-            yield index, self.width
-        yield last, hi - (self.origin + last * self.width)
+            return [(first, hi - lo)], _NOTHING_WHOLE
+        head = self.origin + (first + 1) * self.width - lo
+        tail = hi - (self.origin + last * self.width)
+        return [(first, head), (last, tail)], range(first + 1, last)
 
     def moment(self, at: int) -> datetime:
         """Back from epoch microseconds to an aware UTC datetime."""
@@ -347,26 +352,37 @@ def _session_keys(session: WorkerSession, by: Grouping, queues: dict[str, set[st
     return []
 
 
-@dataclass(slots=True)
-class _Cell:
-    """The sums of one group in one bucket, in microseconds."""
+_BUSY, _SLOT, _CAPACITY = 0, 1, 2  # a cell's sums of time
+_NO_ENDS: Counter[TaskStatus] = Counter()
 
-    busy: int = 0
-    slot: int = 0
-    capacity: int = 0
-    ends: Counter[TaskStatus] = field(default_factory=Counter)
-    runs: list[float] = field(default_factory=list)  # seconds
+
+class _Cell:
+    """The sums of one group in one bucket: busy, slot and capacity time in microseconds, and
+    the stretches that ended in it (made when the first one does: most cells have none)."""
+
+    __slots__ = ("ends", "runs", "times")
+
+    def __init__(self) -> None:
+        self.times = [0, 0, 0]
+        self.ends: Counter[TaskStatus] | None = None
+        self.runs: list[float] = []  # seconds
 
     def __bool__(self) -> bool:
-        return bool(self.busy or self.slot or self.capacity or self.ends)
+        return any(self.times) or self.ends is not None
 
 
 class _Cells:
-    """Accumulates intervals and sessions into cells, then lays them out as dense rows."""
+    """Accumulates intervals and sessions into cells, then lays them out as dense rows.
+
+    A span's partly covered buckets are added to their cells at once; the buckets it covers
+    whole are kept as steps (the weight it adds per bucket, up at the first, down after the
+    last) and added bucket by bucket only once, when the rows are laid out.
+    """
 
     def __init__(self, window: Window) -> None:
         self._window = window
         self._cells: dict[tuple[_Key, int], _Cell] = {}
+        self._steps: dict[tuple[_Key, int], Counter[int]] = {}  # (key, sum) -> bucket: step
 
     def _cell(self, key: _Key, index: int) -> _Cell:
         cell = self._cells.get((key, index))
@@ -374,31 +390,63 @@ class _Cells:
             cell = self._cells[key, index] = _Cell()
         return cell
 
+    def _spread(self, key: _Key, what: int, start: int, end: int, weight: int = 1) -> None:
+        """Add ``weight`` x the time of ``[start, end)`` in each bucket to the ``what`` sum."""
+        window = self._window
+        lo, hi = max(start, window.since), min(end, window.until)
+        if hi <= lo:
+            return
+        first = (lo - window.origin) // window.width
+        if (hi - 1 - window.origin) // window.width == first:  # in one bucket: most spans
+            self._cell(key, first).times[what] += weight * (hi - lo)
+            return
+        edges, whole = window.split(lo, hi)
+        for index, span in edges:
+            self._cell(key, index).times[what] += weight * span
+        if whole:
+            steps = self._steps.get((key, what))
+            if steps is None:
+                steps = self._steps[key, what] = Counter()
+            steps[whole.start] += weight
+            steps[whole.stop] -= weight
+
+    def _add_steps(self) -> None:
+        """Add the whole buckets the steps stand for to their cells."""
+        width = self._window.width
+        for (key, what), steps in self._steps.items():
+            level = 0
+            for here, there in pairwise(sorted(steps)):
+                level += steps[here]
+                if level:
+                    for index in range(here, there):
+                        self._cell(key, index).times[what] += level * width
+        self._steps.clear()
+
     def add_interval(self, key: _Key, interval: SlotInterval) -> None:
         window = self._window
         released = None if interval.released_at is None else micros(interval.released_at)
         end = window.now if released is None else released
-        for index, span in window.pieces(micros(interval.acquired_at), end):
-            self._cell(key, index).slot += span
+        self._spread(key, _SLOT, micros(interval.acquired_at), end)
         started = None if interval.started_at is None else micros(interval.started_at)
         if started is not None:
-            for index, span in window.pieces(started, end):
-                self._cell(key, index).busy += span
+            self._spread(key, _BUSY, started, end)
         ended = interval.ended
         if released is not None and ended is not None and window.contains(released):
             self._ended(self._cell(key, window.index(released)), ended, released, started)
 
     @staticmethod
     def _ended(cell: _Cell, ended: TaskStatus, released: int, started: int | None) -> None:
+        if cell.ends is None:
+            cell.ends = Counter()
         cell.ends[ended] += 1
         if ended is TaskStatus.COMPLETED and started is not None:
             cell.runs.append(max(0, released - started) / 1e6)
 
     def add_capacity(self, key: _Key, session: WorkerSession, end: int) -> None:
-        for index, span in self._window.pieces(micros(session.started_at), end):
-            self._cell(key, index).capacity += session.slots * span
+        self._spread(key, _CAPACITY, micros(session.started_at), end, session.slots)
 
     def rows(self, *, with_capacity: bool) -> list[UtilizationRow]:
+        self._add_steps()
         groups = sorted({key for (key, _), cell in self._cells.items() if cell}, key=_order)
         empty, window = _Cell(), self._window
         buckets = list(enumerate(window.buckets()))
@@ -413,18 +461,22 @@ class _Cells:
         key: _Key, bucket: tuple[datetime, datetime, int], cell: _Cell, with_capacity: bool
     ) -> UtilizationRow:
         start, end, covered = bucket
-        ends, runs = cell.ends, sorted(cell.runs)
+        ends, runs, (busy, slot, capacity_time) = (
+            cell.ends or _NO_ENDS,
+            sorted(cell.runs),
+            cell.times,
+        )
         judged = ends[TaskStatus.COMPLETED] + ends[TaskStatus.FAILED] + ends[TaskStatus.CRASHED]
-        capacity = cell.capacity if with_capacity else None
+        capacity = capacity_time if with_capacity else None
         return UtilizationRow(
             group=key[1],
             pool=key[0],
             bucket_start=start,
             bucket_end=end,
-            busy_seconds=cell.busy / 1e6,
-            slot_seconds=cell.slot / 1e6,
+            busy_seconds=busy / 1e6,
+            slot_seconds=slot / 1e6,
             capacity_seconds=None if capacity is None else capacity / 1e6,
-            utilization=cell.busy / capacity if capacity else None,
+            utilization=busy / capacity if capacity else None,
             completed=ends[TaskStatus.COMPLETED],
             failed=ends[TaskStatus.FAILED],
             retried=ends[TaskStatus.RETRYING],

@@ -11,8 +11,11 @@ How the query is built, step by step (CTE names in brackets):
    force at ``acquired_at``; ``sess``: sessions with their effective end ``fin``. Both keep
    only what can touch the window (everything for ``by="queue"``).
 2. ``ivk``/``sessk``: each interval and session keyed by its group(s) ``(kpool, kgroup)``.
-3. ``segs`` -> ``spread``: busy, slot and capacity stretches clipped to the window and split
-   into buckets (``generate_series`` over the bucket indices a stretch covers).
+3. ``segs`` -> ``spread``: busy, slot and capacity stretches clipped to the window, with the
+   first and last bucket each covers. Those two are cut; the buckets between are covered
+   whole, so a stretch adds a step up and a step down there, summed over the buckets in
+   ``dense``: a row per stretch, not per bucket it covers (100k sessions over a day in
+   minute buckets would be 144M).
 4. ``facts`` -> ``cells``: spans and interval endings summed per group and bucket.
 5. The groups with anything to report, crossed with every bucket, for dense series.
 
@@ -99,18 +102,23 @@ segs AS (
 ),
 spread AS (
     SELECT kpool, kgroup, kind, weight, s, e,
-           unnest(generate_series((s - $origin) // $width, (e - 1 - $origin) // $width)) AS b
+           (s - $origin) // $width AS first, (e - 1 - $origin) // $width AS last
     FROM (SELECT * REPLACE (greatest(s, $since) AS s, least(e, $until) AS e) FROM segs)
     WHERE e > s
 ),
 facts AS (
-    SELECT kpool, kgroup, b, kind,
-           weight * (least(e, $origin + (b + 1) * $width) - greatest(s, $origin + b * $width))
-               AS span,
+    -- The buckets a stretch covers in part: the one it starts in (to its end, if it ends
+    -- there too) and the one it ends in.
+    SELECT kpool, kgroup, first AS b, kind,
+           weight * (least(e, $origin + (first + 1) * $width) - s) AS span, 0 AS step,
            NULL::VARCHAR AS ended, NULL::DOUBLE AS run
     FROM spread
     UNION ALL
-    SELECT kpool, kgroup, (rel - $origin) // $width, NULL, 0, ended,
+    SELECT kpool, kgroup, last, kind, weight * (e - ($origin + last * $width)), 0, NULL, NULL
+    FROM spread WHERE last > first
+{step_facts}
+    UNION ALL
+    SELECT kpool, kgroup, (rel - $origin) // $width, NULL, 0, 0, ended,
            CASE WHEN ended = 'COMPLETED' AND st IS NOT NULL THEN greatest(rel - st, 0) / 1e6 END
     FROM ivk
     WHERE ended IS NOT NULL AND rel >= $since AND rel < $until
@@ -120,6 +128,9 @@ cells AS (
            coalesce(sum(span) FILTER (WHERE kind = 'busy'), 0) AS busy,
            coalesce(sum(span) FILTER (WHERE kind = 'slot'), 0) AS slot,
            coalesce(sum(span) FILTER (WHERE kind = 'capacity'), 0) AS capacity,
+           coalesce(sum(step) FILTER (WHERE kind = 'busy'), 0) AS busy_step,
+           coalesce(sum(step) FILTER (WHERE kind = 'slot'), 0) AS slot_step,
+           coalesce(sum(step) FILTER (WHERE kind = 'capacity'), 0) AS capacity_step,
            count(*) FILTER (WHERE ended = 'COMPLETED') AS completed,
            count(*) FILTER (WHERE ended = 'FAILED') AS failed,
            count(*) FILTER (WHERE ended = 'RETRYING') AS retried,
@@ -139,8 +150,9 @@ dense AS (
     SELECT g.kpool, g.kgroup, k.b,
            least($origin + (k.b + 1) * $width, $until)
                - greatest($origin + k.b * $width, $since) AS covered,
-           coalesce(c.busy, 0) AS busy, coalesce(c.slot, 0) AS slot,
-           coalesce(c.capacity, 0) AS capacity,
+           coalesce(c.busy, 0){busy_whole} AS busy,
+           coalesce(c.slot, 0){slot_whole} AS slot,
+           coalesce(c.capacity, 0){capacity_whole} AS capacity,
            coalesce(c.completed, 0) AS completed, coalesce(c.failed, 0) AS failed,
            coalesce(c.retried, 0) AS retried, coalesce(c.crashed, 0) AS crashed,
            coalesce(c.cancelled, 0) AS cancelled,
@@ -149,6 +161,7 @@ dense AS (
     LEFT JOIN cells AS c
       ON c.kpool IS NOT DISTINCT FROM g.kpool AND c.kgroup IS NOT DISTINCT FROM g.kgroup
      AND c.b = k.b
+    {whole_window}
 )
 SELECT kgroup, kpool, b,
        busy / 1e6, slot / 1e6,
@@ -184,7 +197,7 @@ def utilization_sql(
         raise ValueError(f"by must be one of {', '.join(GROUPINGS)}, not {by!r}")
     window = Window.of(since=since, until=until, now=now, bucket=bucket)
     params = _params(window, multiplier, with_capacity=by != "stage")
-    found = conn.execute(_query(by), params).fetchall()
+    found = conn.execute(_query(by, window.count), params).fetchall()
     buckets = window.buckets()
     return [_row(buckets[record[2]], record) for record in found]
 
@@ -198,7 +211,26 @@ _INTERVAL_IN_WINDOW = (
 _SESSION_IN_WINDOW = "st < $until AND fin > $since"
 
 
-def _query(by: Grouping) -> str:
+# Buckets covered whole (only with more than two buckets: between a first and a last one):
+# each stretch steps its weight up at the first of them and down after the last, rather than
+# adding a row per bucket; ``dense`` adds the steps up along each group's buckets.
+_WHOLE_BUCKETS = {
+    "step_facts": """
+    UNION ALL
+    SELECT kpool, kgroup, first + 1, kind, 0, weight, NULL, NULL FROM spread WHERE last > first + 1
+    UNION ALL
+    SELECT kpool, kgroup, last, kind, 0, -weight, NULL, NULL FROM spread WHERE last > first + 1""",
+    **{
+        f"{kind}_whole": f" + $width * sum(coalesce(c.{kind}_step, 0)) OVER whole"
+        for kind in ("busy", "slot", "capacity")
+    },
+    "whole_window": "WINDOW whole AS "
+    "(PARTITION BY g.kpool, g.kgroup ORDER BY k.b ROWS UNBOUNDED PRECEDING)",
+}
+_NO_WHOLE_BUCKETS = dict.fromkeys(_WHOLE_BUCKETS, "")
+
+
+def _query(by: Grouping, buckets: int) -> str:
     interval_pool, interval_group = _INTERVAL_KEYS[by]
     windowed = by != "queue"
     return _QUERY.format(
@@ -207,6 +239,7 @@ def _query(by: Grouping) -> str:
         session_keys=_SESSION_KEYS[by],
         interval_in_window=_INTERVAL_IN_WINDOW if windowed else "true",
         session_in_window=_SESSION_IN_WINDOW if windowed else "true",
+        **(_WHOLE_BUCKETS if buckets > 2 else _NO_WHOLE_BUCKETS),
     )
 
 

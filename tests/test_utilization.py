@@ -420,6 +420,27 @@ def test_what_the_sql_reads_of_a_window_keeps_an_ending_at_its_start_and_nothing
     assert_agree(store.utilization(**kwargs), rows)
 
 
+def test_capacity_over_whole_buckets_adds_up_per_bucket_in_the_reference_and_in_sql(
+    duck: duckdb.DuckDBPyConnection,
+) -> None:
+    """Buckets a session covers whole are added as steps, not one by one: two overlapping
+    sessions in 10s buckets still give each bucket its own sum (a: 1 slot for 0-100 s,
+    b: 2 slots for 25-65 s)."""
+    history = [
+        worker("a", 0, slots=1),
+        worker("b", 25, slots=2),
+        ev.WorkerStopped(worker="b", pool="p", **at(65)),
+        ev.WorkerStopped(worker="a", pool="p", **at(100)),
+    ]
+    store = fold(history)
+    load_tables(duck, store)
+    kwargs: dict[str, Any] = {"by": "pool", "since": t(0), "until": t(100), "now": t(200)}
+    kwargs["bucket"] = timedelta(seconds=10)
+    rows = store.utilization(**kwargs)
+    assert [r.capacity_seconds for r in rows] == [10, 10, 20, 30, 30, 30, 20, 10, 10, 10]
+    assert_agree(rows, utilization_sql(duck, **kwargs))
+
+
 # --- rebuilds -------------------------------------------------------------------------------
 
 
