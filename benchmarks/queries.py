@@ -34,6 +34,7 @@ __all__ = ["build", "figures", "main"]
 NOW = datetime(2026, 1, 8, tzinfo=UTC)
 _WEEK = timedelta(days=7)
 _POOLS, _QUEUES, _KEYS = 20, 8, 50
+_MINUTE = timedelta(minutes=1)
 _BATCH = 5000
 
 
@@ -100,10 +101,13 @@ def _duckdb_utilization(workers: int, tasks: int, seed: int, samples: int) -> di
     with tempfile.TemporaryDirectory() as tmp, DuckDBStore(Path(tmp) / "q.duckdb") as store:
         rate = _fold(store, workers, tasks, seed)
         p50, p99 = _latency(samples, lambda i: store.utilization(by="worker", **day))  # type: ignore[arg-type]
+        by_minute = _latency(samples, lambda i: store.utilization(by="pool", bucket=_MINUTE, **day))  # type: ignore[arg-type]
     return {
         "build: DuckDBStore.apply events/s": rate,
         "utilization per worker over a day (DuckDB): p50 ms": p50,
         "utilization per worker over a day (DuckDB): p99 ms": p99,
+        "utilization per pool in minute buckets over a day (DuckDB): p50 ms": by_minute[0],
+        "utilization per pool in minute buckets over a day (DuckDB): p99 ms": by_minute[1],
     }
 
 
@@ -173,6 +177,10 @@ def _queries(store: MemoryStore) -> dict[str, tuple[Callable[[int], object], int
         ),
         "utilization per worker over a day": (
             lambda i: store.utilization(by="worker", **day),  # type: ignore[arg-type]
+            200,
+        ),
+        "utilization per pool in minute buckets over a day": (
+            lambda i: store.utilization(by="pool", bucket=_MINUTE, **day),  # type: ignore[arg-type]
             200,
         ),
     }

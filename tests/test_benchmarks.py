@@ -30,6 +30,7 @@ EXPECTED = [
     "active workers by task key",
     "slot counts, all pools",
     "utilization per worker over a day",
+    "utilization per pool in minute buckets over a day",
     "rebuild seconds",
     "rebuild rate",
     "rebuild load seconds",
