@@ -461,11 +461,8 @@ class _Cells:
         key: _Key, bucket: tuple[datetime, datetime, int], cell: _Cell, with_capacity: bool
     ) -> UtilizationRow:
         start, end, covered = bucket
-        ends, runs, (busy, slot, capacity_time) = (
-            cell.ends or _NO_ENDS,
-            sorted(cell.runs),
-            cell.times,
-        )
+        busy, slot, capacity_time = cell.times
+        ends, runs = cell.ends or _NO_ENDS, sorted(cell.runs)
         judged = ends[TaskStatus.COMPLETED] + ends[TaskStatus.FAILED] + ends[TaskStatus.CRASHED]
         capacity = capacity_time if with_capacity else None
         return UtilizationRow(
