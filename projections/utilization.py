@@ -87,7 +87,6 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _SPAN = re.compile(r"(\d+)([smhdw])")
-_NOTHING_WHOLE = range(0)  # no bucket covered whole (Window.split)
 
 _Key = tuple[str | None, str | None]  # (pool, group)
 
@@ -210,23 +209,6 @@ class Window:
     def contains(self, at: int) -> bool:
         """Whether an instant falls in ``[since, until)``."""
         return self.since <= at < self.until
-
-    def split(self, start: int, end: int) -> tuple[list[tuple[int, int]], range]:
-        """``[start, end)`` cut to the window: ``(bucket, microseconds)`` for the buckets it
-        covers in part (one or two), and the range of buckets it covers whole, in between.
-
-        Whole buckets are left to the caller to add at once: a session over a day in minute
-        buckets covers 1,440 of them, and a fleet holds 100k sessions.
-        """
-        lo, hi = max(start, self.since), min(end, self.until)
-        if hi <= lo:
-            return [], _NOTHING_WHOLE
-        first, last = self.index(lo), self.index(hi - 1)
-        if first == last:
-            return [(first, hi - lo)], _NOTHING_WHOLE
-        head = self.origin + (first + 1) * self.width - lo
-        tail = hi - (self.origin + last * self.width)
-        return [(first, head), (last, tail)], range(first + 1, last)
 
     def moment(self, at: int) -> datetime:
         """Back from epoch microseconds to an aware UTC datetime."""
@@ -391,24 +373,25 @@ class _Cells:
         return cell
 
     def _spread(self, key: _Key, what: int, start: int, end: int, weight: int = 1) -> None:
-        """Add ``weight`` x the time of ``[start, end)`` in each bucket to the ``what`` sum."""
+        """Add ``weight`` x the time of ``[start, end)`` in each bucket to the ``what`` sum:
+        the first and last bucket it covers in part now, those between as steps."""
         window = self._window
         lo, hi = max(start, window.since), min(end, window.until)
         if hi <= lo:
             return
-        first = (lo - window.origin) // window.width
-        if (hi - 1 - window.origin) // window.width == first:  # in one bucket: most spans
+        first, last = window.index(lo), window.index(hi - 1)
+        if first == last:  # most spans
             self._cell(key, first).times[what] += weight * (hi - lo)
             return
-        edges, whole = window.split(lo, hi)
-        for index, span in edges:
-            self._cell(key, index).times[what] += weight * span
-        if whole:
+        head, tail = window.bounds(first)[1] - lo, hi - window.bounds(last)[0]
+        self._cell(key, first).times[what] += weight * head
+        self._cell(key, last).times[what] += weight * tail
+        if last > first + 1:  # whole buckets between: a bucket covers 1 minute, a session days
             steps = self._steps.get((key, what))
             if steps is None:
                 steps = self._steps[key, what] = Counter()
-            steps[whole.start] += weight
-            steps[whole.stop] -= weight
+            steps[first + 1] += weight
+            steps[last] -= weight
 
     def _add_steps(self) -> None:
         """Add the whole buckets the steps stand for to their cells."""
