@@ -128,10 +128,7 @@ cells AS (
            coalesce(sum(span) FILTER (WHERE kind = 'busy'), 0) AS busy,
            coalesce(sum(span) FILTER (WHERE kind = 'slot'), 0) AS slot,
            coalesce(sum(span) FILTER (WHERE kind = 'capacity'), 0) AS capacity,
-           coalesce(sum(step) FILTER (WHERE kind = 'busy'), 0) AS busy_step,
-           coalesce(sum(step) FILTER (WHERE kind = 'slot'), 0) AS slot_step,
-           coalesce(sum(step) FILTER (WHERE kind = 'capacity'), 0) AS capacity_step,
-           count(*) FILTER (WHERE ended = 'COMPLETED') AS completed,
+{step_sums}           count(*) FILTER (WHERE ended = 'COMPLETED') AS completed,
            count(*) FILTER (WHERE ended = 'FAILED') AS failed,
            count(*) FILTER (WHERE ended = 'RETRYING') AS retried,
            count(*) FILTER (WHERE ended = 'CRASHED') AS crashed,
@@ -214,15 +211,20 @@ _SESSION_IN_WINDOW = "st < $until AND fin > $since"
 # Buckets covered whole (only with more than two buckets: between a first and a last one):
 # each stretch steps its weight up at the first of them and down after the last, rather than
 # adding a row per bucket; ``dense`` adds the steps up along each group's buckets.
+_KINDS = ("busy", "slot", "capacity")
 _WHOLE_BUCKETS = {
     "step_facts": """
     UNION ALL
     SELECT kpool, kgroup, first + 1, kind, 0, weight, NULL, NULL FROM spread WHERE last > first + 1
     UNION ALL
     SELECT kpool, kgroup, last, kind, 0, -weight, NULL, NULL FROM spread WHERE last > first + 1""",
+    "step_sums": "".join(
+        f"           coalesce(sum(step) FILTER (WHERE kind = '{kind}'), 0) AS {kind}_step,\n"
+        for kind in _KINDS
+    ),
     **{
         f"{kind}_whole": f" + $width * sum(coalesce(c.{kind}_step, 0)) OVER whole"
-        for kind in ("busy", "slot", "capacity")
+        for kind in _KINDS
     },
     "whole_window": "WINDOW whole AS "
     "(PARTITION BY g.kpool, g.kgroup ORDER BY k.b ROWS UNBOUNDED PRECEDING)",
