@@ -87,8 +87,13 @@ class Event(
     v: Annotated[int, msgspec.Meta(ge=1)] = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
-        """Refuse a time no clock should give (msgspec reports it as a validation error)."""
-        _check_time("at", self.at)
+        """Refuse a time no clock should give (msgspec reports it as a validation error).
+
+        Every decoded event passes here: the usual UTC time is checked inline, which made
+        decoding ~10% faster than a call per event (benchmarks/README.md)."""
+        at = self.at
+        if at is not None and (at.tzinfo is not UTC or not EARLIEST <= at < LATEST):
+            _check_time("at", at)
 
     @property
     def type(self) -> str:
