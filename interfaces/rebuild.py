@@ -35,12 +35,19 @@ __all__ = ["catch_up_config", "rebuild", "rebuild_command"]
 
 _log = logging.getLogger(__name__)
 
-# Nobody queries a file being rebuilt, so a batch can be far bigger than the live daemon's: a
-# transaction appending more than a row group (122,880 rows) has DuckDB write compressed row
+# Nobody queries a file being rebuilt, so its transactions can be far bigger than the live
+# daemon's: one appending more than a row group (122,880 rows) has DuckDB write compressed row
 # groups straight to the file, on all cores, where smaller ones go through the write-ahead log
-# and are written again at a checkpoint. 64 MiB of envelopes is ~500k events: 10M events
-# rebuilt 1.25x faster, into a file a third smaller, than with 16 MiB (benchmarks/README.md).
-_MAX_BATCH, _MAX_BATCH_BYTES = 250_000, 64 * 1024 * 1024
+# and are written again at a checkpoint (10M events rebuilt 1.25x faster, into a file a third
+# smaller, with ~500k events a transaction than with ~125k). The DuckDB lane applies what has
+# waited for it as one transaction, so the size comes from its backlog, not from the batches
+# decoded: those stay small (the daemon's 4 MiB), because decoding one holds the event loop,
+# and the lane can hand its thread the next transaction only from the loop. With 64 MiB
+# batches (~500k events, a second to decode) the lane sat idle for each one: 48 s of replay
+# against 38 s with 4 MiB (benchmarks/README.md).
+_MAX_BATCH, _MAX_BATCH_BYTES = 250_000, 4 * 1024 * 1024
+_DUCKDB_BATCH = 500_000
+_BUFFER_BYTES = 256 * 1024 * 1024
 
 
 async def rebuild(log_config: LogConfig, duckdb_path: Path, *, progress: bool = True) -> StoreStats:
@@ -82,7 +89,7 @@ async def _last_seq(config: LogConfig) -> int:
 
 
 def catch_up_config(config: LogConfig) -> ProjectorConfig:
-    """How a rebuild reads the stream: big batches, and from whatever the stream still holds
+    """How a rebuild reads the stream: big transactions, and from whatever the stream still holds
     (a stream with an age or size limit has lost its oldest messages by design, so that gap
     is expected, not an error)."""
     return ProjectorConfig(
@@ -91,7 +98,8 @@ def catch_up_config(config: LogConfig) -> ProjectorConfig:
         max_batch=_MAX_BATCH,
         max_batch_bytes=_MAX_BATCH_BYTES,
         buffer=2 * _MAX_BATCH,
-        buffer_bytes=4 * _MAX_BATCH_BYTES,
+        buffer_bytes=_BUFFER_BYTES,
+        lane_backlog=_DUCKDB_BATCH,
     )
 
 
