@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 import pytest
 from hypothesis import given, settings
 
 from workledger.core import codec
 from workledger.core.errors import InvalidEventError
-from workledger.core.events import Event, event_types
+from workledger.core.events import Event, TaskCompleted, event_types
 
 from .histories import histories
 
@@ -70,3 +72,31 @@ def test_stamp_fills_id_and_time_and_normalises_to_utc() -> None:
     assert event.at.isoformat() == "2026-01-01T00:00:00+00:00"
     assert codec.stamp(event) is event
     assert msgspec.json.decode(codec.encode_json(event))["at"] == "2026-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    ("at", "accepted"),
+    [
+        ("1970-01-01T00:00:00Z", True),
+        ("1969-12-31T23:59:59.999999Z", False),
+        ("2199-12-31T23:59:59.999999Z", True),
+        ("2200-01-01T00:00:00Z", False),
+        # another offset is compared as UTC: 2199-12-31T23:00Z, then 2200-01-01T01:00Z
+        ("2200-01-01T04:00:00+05:00", True),
+        ("2199-12-31T20:00:00-05:00", False),
+        ("1970-01-01T04:00:00+05:00", False),
+    ],
+)
+def test_an_event_time_must_fall_in_1970_to_2199_in_utc(at: str, accepted: bool) -> None:
+    """Both ends, in UTC (checked inline) and in another offset (converted first), decoded
+    from either format and constructed directly."""
+    raw = b'{"type": "task.completed", "task": "t", "at": "%s"}' % at.encode()
+    if accepted:
+        event = codec.decode(raw)
+        assert codec.decode(codec.encode_msgpack(event)) == event
+        return
+    with pytest.raises(InvalidEventError, match="outside 1970-2199"):
+        codec.decode(raw)
+    moment = msgspec.json.decode(b'"%s"' % at.encode(), type=datetime)
+    with pytest.raises(ValueError, match="outside 1970-2199"):
+        TaskCompleted(task="t", at=moment)
