@@ -41,6 +41,17 @@ def test_every_event_type_has_a_tag_in_the_union() -> None:
     assert all(tag.count(".") == 1 for tag in tags)
 
 
+@given(histories())
+@settings(max_examples=30)
+def test_every_event_has_a_pool_field_which_is_its_pool_key(history: list[Event]) -> None:
+    """The daemon reads ``pool`` in C to check an envelope's events against its subject
+    (projections/daemon.py); that must be what ``pool_key`` says, for every type."""
+    for kind in event_types().values():
+        assert "pool" in kind.__struct_fields__, kind
+    for event in history:
+        assert event.pool == event.pool_key  # type: ignore[attr-defined]
+
+
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
