@@ -305,6 +305,33 @@ async def test_batches_are_budgeted_in_bytes_so_envelopes_cannot_make_huge_ones(
     assert store.read_model() == fold(history).read_model()
 
 
+async def test_a_daemon_behind_the_stream_folds_more_than_a_flow_control_window_a_batch(
+    log_stream: LogConfig,
+) -> None:
+    """JetStream sends a push consumer ~256 KiB (~20 of these envelopes), then waits for its
+    flow-control reply: a daemon far behind gathers several such windows into each batch
+    instead of folding each alone (it did: ~20 envelopes a batch, whatever the backlog)."""
+    history = fleet_history(30_000, seed=6)
+    async with Publisher(log_stream, batch_size=100, linger=60) as pub:
+        for event in history:
+            await pub.publish(event)
+        await pub.flush()
+    store = MemoryStore()
+    projector = Projector(ProjectorConfig(log=log_stream), [store])
+    async with anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        nc = await connect(log_stream)
+        try:
+            last = int((await nc.jetstream().stream_info(log_stream.stream)).state.last_seq)
+        finally:
+            await nc.close()
+        assert await projector.wait_for(last, timeout=60)
+        tg.cancel_scope.cancel()
+    assert last >= 250, "a backlog of many flow-control windows"
+    assert projector.metrics.batches <= last / 40, "at least two windows a batch on average"
+    assert store.stats().applied == len(history)
+
+
 async def test_the_subscription_has_no_pending_limits_so_nats_py_never_drops_a_message(
     log_stream: LogConfig,
 ) -> None:
