@@ -279,27 +279,37 @@ def test_querying_unknown_names_does_not_grow_the_store() -> None:
     assert after == before
 
 
+async def _catch_up_on_envelopes(
+    config: ProjectorConfig, history: list[ev.Event]
+) -> tuple[Projector, MemoryStore, int]:
+    """Publish ``history`` in envelopes of 100, then start a daemon on the backlog and let it
+    catch up: the daemon, its store and the stream's last sequence."""
+    async with Publisher(config.log, batch_size=100, linger=60) as pub:
+        for event in history:
+            await pub.publish(event)
+        await pub.flush()
+    store = MemoryStore()
+    projector = Projector(config, [store])
+    async with anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        nc = await connect(config.log)
+        try:
+            last = int((await nc.jetstream().stream_info(config.log.stream)).state.last_seq)
+        finally:
+            await nc.close()
+        assert await projector.wait_for(last, timeout=60)
+        tg.cancel_scope.cancel()
+    return projector, store, last
+
+
 async def test_batches_are_budgeted_in_bytes_so_envelopes_cannot_make_huge_ones(
     log_stream: LogConfig,
 ) -> None:
     """A batch stops at ``max_batch_bytes``: each of these envelopes is bigger than the budget,
     so the daemon applies one message per batch, and still folds every event."""
     history = fleet_history(600, seed=5)
-    async with Publisher(log_stream, batch_size=100, linger=60) as pub:
-        for event in history:
-            await pub.publish(event)
-        await pub.flush()
-    store = MemoryStore()
-    projector = Projector(ProjectorConfig(log=log_stream, max_batch_bytes=1), [store])
-    async with anyio.create_task_group() as tg:
-        await tg.start(projector.run)
-        nc = await connect(log_stream)
-        try:
-            last = int((await nc.jetstream().stream_info(log_stream.stream)).state.last_seq)
-        finally:
-            await nc.close()
-        assert await projector.wait_for(last, timeout=30)
-        tg.cancel_scope.cancel()
+    config = ProjectorConfig(log=log_stream, max_batch_bytes=1)
+    projector, store, last = await _catch_up_on_envelopes(config, history)
     assert last < len(history), "the events travelled in envelopes"
     assert projector.metrics.batches == last, "one message per batch"
     assert store.read_model() == fold(history).read_model()
@@ -312,21 +322,7 @@ async def test_a_daemon_behind_the_stream_folds_more_than_a_flow_control_window_
     flow-control reply: a daemon far behind gathers several such windows into each batch
     instead of folding each alone (it did: ~20 envelopes a batch, whatever the backlog)."""
     history = fleet_history(30_000, seed=6)
-    async with Publisher(log_stream, batch_size=100, linger=60) as pub:
-        for event in history:
-            await pub.publish(event)
-        await pub.flush()
-    store = MemoryStore()
-    projector = Projector(ProjectorConfig(log=log_stream), [store])
-    async with anyio.create_task_group() as tg:
-        await tg.start(projector.run)
-        nc = await connect(log_stream)
-        try:
-            last = int((await nc.jetstream().stream_info(log_stream.stream)).state.last_seq)
-        finally:
-            await nc.close()
-        assert await projector.wait_for(last, timeout=60)
-        tg.cancel_scope.cancel()
+    projector, store, last = await _catch_up_on_envelopes(ProjectorConfig(log=log_stream), history)
     assert last >= 250, "a backlog of many flow-control windows"
     assert projector.metrics.batches <= last / 40, "at least two windows a batch on average"
     assert store.stats().applied == len(history)
