@@ -4,7 +4,8 @@ Structured concurrency (anyio on asyncio, since nats-py is asyncio-only): an ord
 consumer's callback appends each message to a bounded inbox; the folder task takes whatever has
 arrived as one batch, decodes it, sets malformed messages aside, and applies the batch to every
 store with its checkpoint. While a batch is applied the next one accumulates, so batches grow
-with load (up to ``max_batch``) and an idle daemon applies a message as soon as it arrives.
+with load (up to ``max_batch``) and an idle daemon applies a message as soon as it arrives;
+a daemon behind the stream also waits out a few flow-control round trips (``_gather``).
 (A memory object stream between the two cost one event-loop hop per message: 5x slower.)
 """
 
@@ -105,8 +106,8 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     gc_thresholds: tuple[int, int, int] | None = (100_000, 50, 100)
 
 
-# _gather: an inbox this big came in a flow-control window, so more is on its way; a wait
-# for the next window, and for all of them.
+# Projector._gather: an inbox holding this much came in a flow-control window, so more is on
+# its way; how long to wait for each next window, and for all of them together.
 _BEHIND_BYTES = 128 * 1024
 _WINDOW_SECONDS, _GATHER_SECONDS = 0.0005, 0.01
 
