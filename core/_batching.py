@@ -8,7 +8,7 @@ format is :func:`workledger.core.codec.pack` (docs/wire.md#envelopes).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 from workledger.core import codec
@@ -84,21 +84,29 @@ class Buffers:
         """Events waiting in buffers."""
         return sum(len(pool.items) for pool in self._pools.values())
 
-    def add(self, item: Item) -> list[Sealed]:
+    def add(self, item: Item) -> Sequence[Sealed]:
         """Take an event; return the messages this seals (none, one, or two)."""
         if self.batch_size == 1:
-            return [self._single(item)]
+            return (self._single(item),)
         key = item.event.pool_key
         pool = self._pools.get(key)
-        sealed = []
-        if pool is not None and pool.size + len(item.data) + 1 > self.max_bytes:
-            sealed.append(self._seal(key, pool))
-            pool = None
-        if pool is None:
-            pool = self._pools[key] = _Pool()
-            pool.timer = asyncio.get_running_loop().call_later(self.linger, self._on_linger, key)
+        size = len(item.data) + 1
+        if pool is None or pool.size + size > self.max_bytes:
+            return self._add_to_new(key, pool, item, size)
+        items = pool.items  # the usual case, kept short: once per published event
+        items.append(item)
+        pool.size += size
+        return (self._seal(key, pool),) if len(items) >= self.batch_size else ()
+
+    def _add_to_new(
+        self, key: str | None, full: _Pool | None, item: Item, size: int
+    ) -> list[Sealed]:
+        """Start the pool's next buffer with ``item``, sealing the one it would overflow."""
+        sealed = [self._seal(key, full)] if full is not None else []
+        pool = self._pools[key] = _Pool()
+        pool.timer = asyncio.get_running_loop().call_later(self.linger, self._on_linger, key)
         pool.items.append(item)
-        pool.size += len(item.data) + 1
+        pool.size += size
         if len(pool.items) >= self.batch_size:
             sealed.append(self._seal(key, pool))
         return sealed

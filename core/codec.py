@@ -204,7 +204,7 @@ def stamp(event: Event, *, default_id: str | None = None, now: datetime | None =
         changes["id"] = default_id or new_event_id()
     if event.at is None:
         changes["at"] = now or datetime.now(UTC)
-    elif event.at.utcoffset():
+    elif event.at.tzinfo is not UTC and event.at.utcoffset():
         changes["at"] = event.at.astimezone(UTC)
     return msgspec.structs.replace(event, **changes) if changes else event
 

@@ -27,6 +27,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Coroutine, Iterable
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
@@ -73,6 +74,53 @@ class _Pending:
         self.attempt = 0  # numbers the sends; only the latest one's error counts
         self.due = 0.0  # monotonic time at which to publish (again)
         self.no_stream_since: float | None = None
+
+
+class _Slots:
+    """The in-flight bound: a FIFO counting semaphore whose free take is a plain call, and
+    whose release frees many slots at once (an envelope's ack settles all its events).
+
+    ``asyncio.Semaphore`` costs a coroutine per take and a wake-up check per release, which
+    was a fifth of the publisher's time with envelopes of 100.
+    """
+
+    __slots__ = ("_waiters", "free")
+
+    def __init__(self, count: int) -> None:
+        self.free = count
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    def try_take(self) -> bool:
+        """Take a slot if one is free and nobody waits before us."""
+        if self.free > 0 and not self._waiters:
+            self.free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        """Take a slot, waiting in line for one."""
+        if self.try_take():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(1)  # handed a slot, then cancelled: pass it on
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def release(self, count: int) -> None:
+        """Free ``count`` slots, handing them to waiters in the order they came."""
+        self.free += count
+        waiters = self._waiters
+        while self.free > 0 and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                self.free -= 1
+                waiter.set_result(None)
 
 
 class Publisher:
@@ -137,7 +185,7 @@ class Publisher:
         self.signer: Signer | None = (
             load_signer(config.sign_key_file) if config.sign_key_file else None
         )
-        self._slots = asyncio.Semaphore(max_in_flight)
+        self._slots = _Slots(max_in_flight)
         self._buffers = Buffers(
             config.subject_prefix,
             encoding,
@@ -320,7 +368,8 @@ class Publisher:
     def _check_size(self, item: Item) -> None:
         """Refuse here what the server or the daemons would refuse, with the reason."""
         assert self._nc is not None
-        if len(item.data) <= self.max_event_bytes and len(item.data) <= self._nc.max_payload:
+        size = len(item.data)
+        if size <= self.max_event_bytes and size <= self._nc.max_payload:
             return
         for limit, whose in (
             (self._nc.max_payload, "the server's max payload"),
@@ -333,12 +382,14 @@ class Publisher:
 
     async def _accept(self, item: Item) -> None:
         """Take a slot (waiting while none is free), then buffer the event or send it."""
-        await self._slots.acquire()
+        if not self._slots.try_take():
+            await self._slots.take()
         if self._nc is None:
-            self._slots.release()
+            self._slots.release(1)
             raise LogError("the publisher was closed while this event waited for a slot")
         self._unsettled += 1
-        self._idle.clear()
+        if self._unsettled == 1:  # it is set only when the count falls to 0
+            self._idle.clear()
         for message in self._buffers.add(item):
             await self._ship(message)
 
@@ -447,8 +498,7 @@ class Publisher:
         """The message's fate is known: free its events' slots and tell whoever waits."""
         del self._pending[key]
         items = entry.message.items
-        for _ in items:
-            self._slots.release()
+        self._slots.release(len(items))
         self._unsettled -= len(items)
         if not self._unsettled:
             self._idle.set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -18,7 +19,7 @@ from workledger.core.codec import stamp
 from workledger.core.errors import LogError, PublishError, StreamNotFoundError
 from workledger.core.log import LogConfig, connect, subject_for
 from workledger.core.nats_server import EmbeddedNats
-from workledger.core.publisher import Encoding, Publisher, SyncPublisher
+from workledger.core.publisher import Encoding, Publisher, SyncPublisher, _Slots
 
 from .conftest import free_port
 
@@ -210,6 +211,33 @@ async def test_a_full_buffer_makes_publish_wait_until_acks_free_a_slot(
         await pub.publish(events[2])
         await pub.flush(timeout=10)
     assert [stored.event for stored in await read_stream(log_stream)] == events
+
+
+async def test_freed_slots_go_to_waiting_publishes_in_order_and_a_cancelled_one_passes_its_on() -> (
+    None
+):
+    """The in-flight bound (an ack frees an envelope's slots at once) is fair and leaks none."""
+    slots = _Slots(1)
+    assert slots.try_take()
+    assert not slots.try_take()
+    taken: list[str] = []
+
+    async def take(name: str) -> None:
+        await slots.take()
+        taken.append(name)
+
+    first, second, third = (asyncio.create_task(take(name)) for name in "abc")
+    await asyncio.sleep(0)  # all three wait now, in that order
+    slots.release(2)
+    second.cancel()  # handed a slot, then cancelled before it ran: the slot goes to "c"
+    with anyio.fail_after(5):  # a leaked slot leaves "c" waiting for ever
+        await asyncio.gather(first, second, third, return_exceptions=True)
+    assert taken == ["a", "c"]
+    assert second.cancelled()
+    assert slots.free == 0
+    assert not slots.try_take()
+    slots.release(1)
+    assert slots.try_take()
 
 
 @pytest.mark.parametrize("fault", ["restart", "kill"])
