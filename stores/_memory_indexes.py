@@ -12,7 +12,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, insort
 from collections import Counter
-from collections.abc import Hashable, Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import chain, groupby
 from typing import Any
@@ -50,18 +50,25 @@ class SortedKeys:
     batch's additions are then one sorted run before every kept key, put in front whole
     instead of bisected in one at a time (about a tenth of ``SortedList.add`` per key).
     Iterating flushes first; the store flushes at the end of each batch so reads need not.
+
+    A key can also be *replaced* lazily: the old one is left in place but no longer counted,
+    for an owner that knows which of its keys still stand (see :class:`SeenIndex`). That costs
+    nothing per key, where :meth:`discard` finds and deletes it; :meth:`compact` drops the
+    retired ones in one pass.
     """
 
-    __slots__ = ("_chunks", "_fresh", "_maxes", "_size")
+    __slots__ = ("_chunks", "_fresh", "_maxes", "_size", "stale")
 
     def __init__(self) -> None:
         self._chunks: list[list[Any]] = []
         self._maxes: list[Any] = []  # the last key of each chunk
         self._fresh: list[Any] = []
-        self._size = 0
+        self._size = 0  # keys held, retired ones included
+        self.stale = 0  # retired keys still held
 
     def __len__(self) -> int:
-        return self._size
+        """Keys that count: those held less those retired."""
+        return self._size - self.stale
 
     def __iter__(self) -> Iterator[Any]:
         self.flush()
@@ -97,6 +104,21 @@ class SortedKeys:
         except ValueError:
             return
         self._size -= 1
+
+    def replace(self, key: Any) -> None:
+        """Add ``key`` and retire the one it replaces: that key stays held but no longer
+        counts, and the owner skips it when reading."""
+        self._fresh.append(key)
+        self._size += 1
+        self.stale += 1
+
+    def compact(self, current: Mapping[Any, Any]) -> None:
+        """Keep only the keys that stand: ``(order, id)`` pairs that are ``current[id]``."""
+        get = current.get
+        kept = [key for key in self if get(key[1]) == key]
+        self._chunks = [kept[i : i + _LOAD] for i in range(0, len(kept), _LOAD)]
+        self._maxes = [chunk[-1] for chunk in self._chunks]
+        self._size, self.stale = len(kept), 0
 
     def flush(self) -> None:
         """Sort the waiting keys in: those before every kept key as whole chunks in front."""
@@ -136,21 +158,36 @@ class SeenIndex:
 
     A filtered query walks the shortest list its filters allow, so with a ``limit`` it stops
     after about as many workers as it returns (more when many are filtered out by status).
+
+    A sign of life re-keys a worker in each of its lists (a dozen, with queues, task keys and
+    labels), and most events are signs of life. So the new key is only added, to the lists
+    the worker is known to be in, and the old one retired where it lies: a key that is not
+    its worker's current one is skipped when read, and a list is compacted once its retired
+    keys outnumber the others (and a few dozen). A worker's key only grows newer
+    (``last_seen`` is the latest sign of life), so a retired key never comes back.
     """
 
     def __init__(self) -> None:
         self._lists: dict[_Term, SortedKeys] = {}
+        self._current: dict[str, SeenKey] = {}  # each worker's key now
+        self._in: dict[str, list[SortedKeys]] = {}  # the lists each worker's key is in
+
+    def _is_current(self, key: SeenKey) -> bool:
+        return self._current.get(key[1]) == key
 
     def add(self, view: WorkerView) -> None:
-        key = seen_key(view)
+        key = self._current[view.worker] = seen_key(view)
+        lists = self._in[view.worker] = []
         for term in _terms(view):
             found = self._lists.get(term)
             if found is None:
                 found = self._lists[term] = SortedKeys()
             found.add(key)
+            lists.append(found)
 
     def discard(self, view: WorkerView) -> None:
         key = seen_key(view)
+        del self._current[view.worker], self._in[view.worker]
         for term in _terms(view):
             found = self._lists[term]
             found.discard(key)
@@ -166,14 +203,12 @@ class SeenIndex:
             if new is not None:
                 self.add(new)
             return
-        before, after = seen_key(old), seen_key(new)
-        if before == after:
+        after = seen_key(new)
+        if after == seen_key(old):
             return
-        lists = self._lists
-        for term in _terms(new):
-            found = lists[term]
-            found.discard(before)
-            found.add(after)
+        self._current[new.worker] = after
+        for found in self._in[new.worker]:
+            found.replace(after)
 
     def candidates(
         self,
@@ -206,12 +241,14 @@ class SeenIndex:
             ([self._lists.get(term, empty) for term in terms] for terms in options),
             key=lambda lists: sum(map(len, lists)),
         )
-        return _merged(shortest)
+        return filter(self._is_current, _merged(shortest))
 
     def flush(self) -> None:
-        """Sort in what the batch added (see :class:`SortedKeys`)."""
+        """Sort in what the batch added (see :class:`SortedKeys`); compact where due."""
         for found in self._lists.values():
             found.flush()
+            if found.stale > max(len(found), _LOAD // 8):
+                found.compact(self._current)
 
 
 def _same_terms(old: WorkerView, new: WorkerView) -> bool:
@@ -307,8 +344,15 @@ class LiveTally:
 
     def move(self, old: WorkerView | None, new: WorkerView | None) -> None:
         """Replace ``old`` by ``new`` (None: absent), unless nothing counted here changed."""
-        if old is not None and new is not None and _live_facts(old) == _live_facts(new):
-            return
+        if old is not None and new is not None:
+            before, after = _live_facts(old), _live_facts(new)
+            if before == after:
+                return
+            if before[1:] == after[1:] and _seen_again(old, new):  # a sign of life: re-key it
+                seen = self._seen[new.pool][_shape(new)]  # type: ignore[index]
+                seen.remove((old.last_seen, old.worker))
+                seen.add((new.last_seen, new.worker))
+                return
         if old is not None:
             self.discard(old)
         if new is not None:
@@ -351,15 +395,26 @@ class LiveTally:
 
 
 def _live_facts(view: WorkerView) -> tuple[object, ...]:
-    """All that :class:`LiveTally` keys a worker on."""
+    """All that :class:`LiveTally` keys a worker on, ``last_seen`` first."""
     return (
+        view.last_seen,
         view.pool,
         view.stopped,
         view.lost,
-        view.last_seen,
         view.heartbeat_interval,
         view.slots,
         view.queues,
+    )
+
+
+def _seen_again(old: WorkerView, new: WorkerView) -> bool:
+    """Only ``last_seen`` moved, in a worker :class:`LiveTally` lists (seen, live, pooled)."""
+    return (
+        old.last_seen is not None
+        and new.last_seen is not None
+        and new.pool is not None
+        and not new.stopped
+        and not new.lost
     )
 
 

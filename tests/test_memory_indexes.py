@@ -438,3 +438,57 @@ def test_workers_by_every_status_pool_and_queue_equal_a_scan(
             for queue in (None, *QUEUES, "qx"):
                 query = {"now": now, "status": status, "pool": pool, "queue": queue}
                 assert store.workers(**query, limit=limit) == brute.workers_(**query, limit=limit)
+
+
+@st.composite
+def _lively(draw: st.DrawFn) -> list[ev.Event]:
+    """A few workers showing life many times, some re-registering or stopping in between."""
+    seconds = st.integers(0, 700).map(lambda s: BASE + timedelta(seconds=s))
+    events: list[ev.Event] = []
+    for i in range(draw(st.integers(1, 80))):
+        worker, at, pool = (
+            draw(st.sampled_from(WORKERS)),
+            draw(seconds),
+            draw(st.sampled_from(POOLS)),
+        )
+        kind = draw(st.sampled_from(["beat"] * 6 + ["start", "stop", "forget", "claim"]))
+        if kind == "start":  # its terms may change: new pool, queues, keys or labels
+            events.append(
+                ev.WorkerStarted(
+                    id=f"s{i}",
+                    at=at,
+                    worker=worker,
+                    pool=pool,
+                    queues=tuple(draw(st.sets(st.sampled_from(QUEUES), max_size=2))),
+                    task_keys=tuple(draw(st.sets(st.sampled_from(KEYS), max_size=2))),
+                    labels=draw(label_sets),
+                )
+            )
+        elif kind == "stop":
+            events.append(ev.WorkerStopped(id=f"x{i}", at=at, worker=worker, pool=pool))
+        elif kind == "forget":
+            events.append(ev.WorkerForgotten(id=f"f{i}", at=at, worker=worker, pool=pool))
+        elif kind == "claim":
+            events.append(ev.TaskClaimed(id=f"c{i}", at=at, task=f"t{i}", worker=worker))
+        else:
+            events.append(ev.WorkerHeartbeat(id=f"h{i}", at=at, worker=worker, pool=pool))
+    return events
+
+
+@_PROPERTY
+@given(history=_lively(), data=st.data(), query=_QUERIES)
+def test_workers_seen_again_and_again_in_small_batches_equal_a_scan(
+    history: list[ev.Event], data: st.DataObject, query: dict[str, Any]
+) -> None:
+    """Each sign of life retires the worker's old key in every list it is in; reads skip
+    retired keys and lists are compacted when those outnumber the rest, batch after batch."""
+    store, start = MemoryStore(), 0
+    while start < len(history):
+        end = start + data.draw(st.integers(1, 4))
+        chunk = [Sequenced(start + i + 1, "s", e) for i, e in enumerate(history[start:end])]
+        store.apply(Batch(events=chunk, last_seq=start + len(chunk)))
+        start = end
+        if data.draw(st.booleans()):
+            brute = Brute(history[:start])
+            assert store.workers(**query) == brute.workers_(**query)
+    assert store.workers(**query) == Brute(history).workers_(**query)
