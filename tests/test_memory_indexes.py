@@ -77,10 +77,26 @@ def _stretched(event: ev.Event, factor: int) -> ev.Event:
     return msgspec.structs.replace(event, **changes)
 
 
+def _registration(
+    draw: st.DrawFn, *, id: str, at: datetime, worker: str, pool: str
+) -> ev.WorkerStarted:
+    """A start with drawn queues, task keys, labels and heartbeat interval: the worker's terms."""
+    names = lambda pool: st.lists(st.sampled_from(pool), max_size=2, unique=True).map(tuple)  # noqa: E731
+    return ev.WorkerStarted(
+        id=id,
+        at=at,
+        worker=worker,
+        pool=pool,
+        queues=draw(names([*QUEUES, "qx"])),
+        task_keys=draw(names([*KEYS, "kx"])),
+        labels=draw(label_sets),
+        heartbeat_interval=draw(st.sampled_from([5.0, 30.0])),
+    )
+
+
 @st.composite
 def _bystanders(draw: st.DrawFn) -> list[ev.Event]:
     """More workers, some stopped or lost, so each index list is shorter than the fleet."""
-    names = lambda pool: st.lists(st.sampled_from(pool), max_size=2, unique=True).map(tuple)  # noqa: E731
     seconds = st.integers(0, 600).map(lambda s: BASE + timedelta(seconds=s))
     events: list[ev.Event] = []
     for i in range(draw(st.integers(0, 10))):
@@ -89,18 +105,7 @@ def _bystanders(draw: st.DrawFn) -> list[ev.Event]:
             draw(st.sampled_from([*POOLS, "p.x"])),
             draw(seconds),
         )
-        events.append(
-            ev.WorkerStarted(
-                id=f"b{i}",
-                at=started,
-                worker=worker,
-                pool=pool,
-                queues=draw(names([*QUEUES, "qx"])),
-                task_keys=draw(names([*KEYS, "kx"])),
-                labels=draw(label_sets),
-                heartbeat_interval=draw(st.sampled_from([5.0, 30.0])),
-            )
-        )
+        events.append(_registration(draw, id=f"b{i}", at=started, worker=worker, pool=pool))
         end = draw(st.sampled_from([None, ev.WorkerStopped, ev.WorkerLost, ev.WorkerHeartbeat]))
         later = started + timedelta(seconds=draw(st.integers(0, 100)))
         if end is ev.WorkerLost:
@@ -453,17 +458,7 @@ def _lively(draw: st.DrawFn) -> list[ev.Event]:
         )
         kind = draw(st.sampled_from(["beat"] * 6 + ["start", "stop", "forget", "claim"]))
         if kind == "start":  # its terms may change: new pool, queues, keys or labels
-            events.append(
-                ev.WorkerStarted(
-                    id=f"s{i}",
-                    at=at,
-                    worker=worker,
-                    pool=pool,
-                    queues=tuple(draw(st.sets(st.sampled_from(QUEUES), max_size=2))),
-                    task_keys=tuple(draw(st.sets(st.sampled_from(KEYS), max_size=2))),
-                    labels=draw(label_sets),
-                )
-            )
+            events.append(_registration(draw, id=f"s{i}", at=at, worker=worker, pool=pool))
         elif kind == "stop":
             events.append(ev.WorkerStopped(id=f"x{i}", at=at, worker=worker, pool=pool))
         elif kind == "forget":
