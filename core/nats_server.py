@@ -286,6 +286,10 @@ class EmbeddedCluster:
     :meth:`start` returns once every node reports healthy on its monitoring port, which (unlike
     "Server is ready") means the JetStream meta group has a leader, so creating a stream with
     ``replicas=size`` succeeds at once instead of answering "temporarily unavailable".
+
+    Ports are picked free at construction. Another process can take one before its node binds
+    it, so the first start picks new ports for every node (routes name them all) when a node
+    finds one in use; after that they stay, so a node restarts where its peers look for it.
     """
 
     def __init__(
@@ -299,13 +303,20 @@ class EmbeddedCluster:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self.start_timeout = start_timeout
+        self._where = (Path(store_dir), size, name)
+        self.nodes = self._new_nodes()
+        self._may_move_ports = True  # until the first start
+
+    def _new_nodes(self) -> list[EmbeddedNats]:
+        """Nodes on ports just picked free, each routed to the others."""
+        store_dir, size, name = self._where
         cluster_ports = [_free_port() for _ in range(size)]
         routes = tuple(f"nats://127.0.0.1:{port}" for port in cluster_ports)
-        self.nodes = [
+        return [
             EmbeddedNats(
-                Path(store_dir) / f"n{i + 1}",
+                store_dir / f"n{i + 1}",
                 monitor_port=_free_port(),
-                start_timeout=start_timeout,
+                start_timeout=self.start_timeout,
                 cluster=ClusterNode(
                     server_name=f"n{i + 1}",
                     cluster_name=name,
@@ -326,13 +337,27 @@ class EmbeddedCluster:
 
         :raises NatsServerError: if a node fails to start or the cluster is not healthy in time.
         """
-        try:
-            for node in self.nodes:
-                node.start()
-            self.wait_healthy()
-        except BaseException:
-            self.stop()
-            raise
+        for attempt in range(1, _PORT_ATTEMPTS + 1):
+            offsets = [_log_size(node) for node in self.nodes]
+            try:
+                for node in self.nodes:
+                    node.start()
+                self.wait_healthy()
+            except NatsServerError:
+                self.stop()
+                taken = any(
+                    _PORT_IN_USE in node._log_since(offset)
+                    for node, offset in zip(self.nodes, offsets, strict=True)
+                )
+                if not (taken and self._may_move_ports and attempt < _PORT_ATTEMPTS):
+                    raise
+                self.nodes = self._new_nodes()
+            except BaseException:
+                self.stop()
+                raise
+            else:
+                self._may_move_ports = False
+                return
 
     def wait_healthy(self) -> None:
         """Poll each node's ``/healthz`` until it answers 200 (see the class docstring)."""
@@ -365,6 +390,10 @@ class EmbeddedCluster:
 
 
 _HEALTH_POLL = 0.1
+
+
+def _log_size(node: EmbeddedNats) -> int:
+    return node.log_path.stat().st_size if node.log_path.exists() else 0
 
 
 def _healthy(node: EmbeddedNats) -> bool:

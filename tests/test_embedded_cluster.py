@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,20 @@ async def test_a_three_node_cluster_holds_a_replicated_stream_that_survives_a_no
         async with Publisher(config) as pub:
             seq = await pub.publish_and_wait(ev.WorkerHeartbeat(worker="w", pool="p"))
         assert seq == 1
+
+
+def test_a_port_taken_before_the_first_start_moves_the_whole_cluster(tmp_path: Path) -> None:
+    """Ports are picked at construction; one taken by then must not fail the start."""
+    cluster = EmbeddedCluster(tmp_path, size=2)
+    route = cluster.nodes[1].cluster
+    assert route is not None
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", route.cluster_port))
+        held.listen()
+        with cluster:
+            ports = [
+                (n.port, n.monitor_port, n.cluster and n.cluster.cluster_port)
+                for n in cluster.nodes
+            ]
+            assert route.cluster_port not in {p for trio in ports for p in trio}
+            assert all(node.running for node in cluster.nodes)
