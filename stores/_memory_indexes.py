@@ -170,20 +170,21 @@ class SeenIndex:
     def __init__(self) -> None:
         self._lists: dict[_Term, SortedKeys] = {}
         self._current: dict[str, SeenKey] = {}  # each worker's key now
-        self._in: dict[str, list[SortedKeys]] = {}  # the lists each worker's key is in
+        self._in: dict[str, tuple[SortedKeys, ...]] = {}  # the lists each worker's key is in
 
     def _is_current(self, key: SeenKey) -> bool:
         return self._current.get(key[1]) == key
 
     def add(self, view: WorkerView) -> None:
         key = self._current[view.worker] = seen_key(view)
-        lists = self._in[view.worker] = []
+        lists = []
         for term in _terms(view):
             found = self._lists.get(term)
             if found is None:
                 found = self._lists[term] = SortedKeys()
             found.add(key)
             lists.append(found)
+        self._in[view.worker] = tuple(lists)  # smaller than a list, for every worker
 
     def discard(self, view: WorkerView) -> None:
         key = seen_key(view)
