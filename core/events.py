@@ -90,7 +90,7 @@ class Event(
         """Refuse a time no clock should give (msgspec reports it as a validation error).
 
         Every decoded event passes here: the usual UTC time is checked inline, which made
-        decoding ~10% faster than a call per event (benchmarks/README.md)."""
+        decoding ~10% faster than a call per event (benchmarks/HISTORY.md, session 16)."""
         at = self.at
         if at is not None and (at.tzinfo is not UTC or not EARLIEST <= at < LATEST):
             _check_time("at", at)

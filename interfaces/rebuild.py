@@ -44,7 +44,7 @@ _log = logging.getLogger(__name__)
 # decoded: those stay small (the daemon's 4 MiB), because decoding one holds the event loop,
 # and the lane can hand its thread the next transaction only from the loop. With 64 MiB
 # batches (~500k events, a second to decode) the lane sat idle for each one: 48 s of replay
-# against 38 s with 4 MiB (benchmarks/README.md).
+# against 38 s with 4 MiB (benchmarks/HISTORY.md, session 16).
 _MAX_BATCH, _MAX_BATCH_BYTES = 250_000, 4 * 1024 * 1024
 _DUCKDB_BATCH = 500_000
 _BUFFER_BYTES = 256 * 1024 * 1024
