@@ -132,7 +132,7 @@ class EmbeddedNats:
             return
         self.store_dir.mkdir(parents=True, exist_ok=True)
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            offset = self._log_size()
             with self.log_path.open("ab") as log:
                 self._proc = self._spawn(log)
             try:
@@ -239,6 +239,10 @@ class EmbeddedNats:
         except OSError:
             return False
 
+    def _log_size(self) -> int:
+        """Where the log ends now: what a start writes comes after it."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
     def _log_since(self, offset: int) -> bytes:
         try:
             with self.log_path.open("rb") as log:
@@ -303,23 +307,22 @@ class EmbeddedCluster:
         if size < 1:
             raise ValueError("a cluster needs at least one node")
         self.start_timeout = start_timeout
-        self._where = (Path(store_dir), size, name)
+        self._store_dir, self._size, self._name = Path(store_dir), size, name
         self.nodes = self._new_nodes()
         self._may_move_ports = True  # until the first start
 
     def _new_nodes(self) -> list[EmbeddedNats]:
         """Nodes on ports just picked free, each routed to the others."""
-        store_dir, size, name = self._where
-        cluster_ports = [_free_port() for _ in range(size)]
+        cluster_ports = [_free_port() for _ in range(self._size)]
         routes = tuple(f"nats://127.0.0.1:{port}" for port in cluster_ports)
         return [
             EmbeddedNats(
-                store_dir / f"n{i + 1}",
+                self._store_dir / f"n{i + 1}",
                 monitor_port=_free_port(),
                 start_timeout=self.start_timeout,
                 cluster=ClusterNode(
                     server_name=f"n{i + 1}",
-                    cluster_name=name,
+                    cluster_name=self._name,
                     cluster_port=port,
                     routes=tuple(r for r in routes if r != routes[i]),
                 ),
@@ -338,7 +341,7 @@ class EmbeddedCluster:
         :raises NatsServerError: if a node fails to start or the cluster is not healthy in time.
         """
         for attempt in range(1, _PORT_ATTEMPTS + 1):
-            offsets = [_log_size(node) for node in self.nodes]
+            offsets = [node._log_size() for node in self.nodes]
             try:
                 for node in self.nodes:
                     node.start()
@@ -390,10 +393,6 @@ class EmbeddedCluster:
 
 
 _HEALTH_POLL = 0.1
-
-
-def _log_size(node: EmbeddedNats) -> int:
-    return node.log_path.stat().st_size if node.log_path.exists() else 0
 
 
 def _healthy(node: EmbeddedNats) -> bool:
