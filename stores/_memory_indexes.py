@@ -323,25 +323,27 @@ class LiveTally:
         self._seen: dict[str, dict[_Shape, SortedList]] = {}
 
     def add(self, view: WorkerView) -> None:
-        if view.pool is None or view.stopped or view.lost:
+        pool = _counted_pool(view)
+        if pool is None:
             return
-        self._members[view.pool] += 1
+        self._members[pool] += 1
         if view.last_seen is not None:
-            shapes = self._seen.setdefault(view.pool, {})
+            shapes = self._seen.setdefault(pool, {})
             shapes.setdefault(_shape(view), SortedList()).add((view.last_seen, view.worker))
 
     def discard(self, view: WorkerView) -> None:
-        if view.pool is None or view.stopped or view.lost:
+        pool = _counted_pool(view)
+        if pool is None:
             return
-        _decrement(self._members, view.pool)
+        _decrement(self._members, pool)
         if view.last_seen is not None:
-            shapes = self._seen[view.pool]
+            shapes = self._seen[pool]
             seen = shapes[_shape(view)]
             seen.discard((view.last_seen, view.worker))
             if not seen:
                 del shapes[_shape(view)]
                 if not shapes:
-                    del self._seen[view.pool]
+                    del self._seen[pool]
 
     def move(self, old: WorkerView | None, new: WorkerView | None) -> None:
         """Replace ``old`` by ``new`` (None: absent), unless nothing counted here changed."""
@@ -349,8 +351,10 @@ class LiveTally:
             before, after = _live_facts(old), _live_facts(new)
             if before == after:
                 return
-            if before[1:] == after[1:] and _seen_again(old, new):  # a sign of life: re-key it
-                seen = self._seen[new.pool][_shape(new)]  # type: ignore[index]
+            pool = _counted_pool(new)
+            seen_again = old.last_seen is not None and new.last_seen is not None
+            if seen_again and pool is not None and before[1:] == after[1:]:  # re-key in place
+                seen = self._seen[pool][_shape(new)]
                 seen.remove((old.last_seen, old.worker))
                 seen.add((new.last_seen, new.worker))
                 return
@@ -408,15 +412,10 @@ def _live_facts(view: WorkerView) -> tuple[object, ...]:
     )
 
 
-def _seen_again(old: WorkerView, new: WorkerView) -> bool:
-    """Only ``last_seen`` moved, in a worker :class:`LiveTally` lists (seen, live, pooled)."""
-    return (
-        old.last_seen is not None
-        and new.last_seen is not None
-        and new.pool is not None
-        and not new.stopped
-        and not new.lost
-    )
+def _counted_pool(view: WorkerView) -> str | None:
+    """The pool :class:`LiveTally` counts the worker in; None if it is in none, or stopped
+    or lost."""
+    return None if view.stopped or view.lost else view.pool
 
 
 def _shape(view: WorkerView) -> _Shape:
