@@ -81,7 +81,9 @@ class _Slots:
     whose release frees many slots at once (an envelope's ack settles all its events).
 
     ``asyncio.Semaphore`` costs a coroutine per take and a wake-up check per release, which
-    was a fifth of the publisher's time with envelopes of 100.
+    was a fifth of the publisher's time with envelopes of 100; ``anyio.Semaphore`` (even with
+    ``fast_acquire``) frees one slot a call too. Taking 100 slots and freeing them, per slot:
+    120-195 ns here, 650 ns with asyncio's, 1.6 µs with anyio's.
     """
 
     __slots__ = ("_waiters", "free")
