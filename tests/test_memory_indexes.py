@@ -77,6 +77,11 @@ def _stretched(event: ev.Event, factor: int) -> ev.Event:
     return msgspec.structs.replace(event, **changes)
 
 
+def _moments(last: int) -> st.SearchStrategy[datetime]:
+    """Whole seconds from ``BASE`` to ``last`` seconds after it."""
+    return st.integers(0, last).map(lambda s: BASE + timedelta(seconds=s))
+
+
 def _registration(
     draw: st.DrawFn, *, id: str, at: datetime, worker: str, pool: str
 ) -> ev.WorkerStarted:
@@ -97,7 +102,7 @@ def _registration(
 @st.composite
 def _bystanders(draw: st.DrawFn) -> list[ev.Event]:
     """More workers, some stopped or lost, so each index list is shorter than the fleet."""
-    seconds = st.integers(0, 600).map(lambda s: BASE + timedelta(seconds=s))
+    seconds = _moments(600)
     events: list[ev.Event] = []
     for i in range(draw(st.integers(0, 10))):
         worker, pool, started = (
@@ -448,7 +453,7 @@ def test_workers_by_every_status_pool_and_queue_equal_a_scan(
 @st.composite
 def _lively(draw: st.DrawFn) -> list[ev.Event]:
     """A few workers showing life many times, some re-registering or stopping in between."""
-    seconds = st.integers(0, 700).map(lambda s: BASE + timedelta(seconds=s))
+    seconds = _moments(700)
     events: list[ev.Event] = []
     for i in range(draw(st.integers(1, 80))):
         worker, at, pool = (
