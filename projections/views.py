@@ -69,8 +69,12 @@ class WorkerStatus(enum.StrEnum):
     LOST = "LOST"
 
 
-class TaskView(msgspec.Struct, frozen=True, kw_only=True, gc=False):
-    """One task as the log tells it. ``slot_acquired_at`` starts the current slot stretch."""
+class TaskView(msgspec.Struct, frozen=True, gc=False):
+    """One task as the log tells it. ``slot_acquired_at`` starts the current slot stretch.
+
+    Not keyword-only, unlike the other views: the fold builds one per task each batch touches,
+    and by position that is ~4x cheaper (tests/test_fold.py holds it to the field order).
+    """
 
     task: str
     status: TaskStatus

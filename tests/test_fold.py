@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workledger.core import events as ev
-from workledger.projections.views import TaskStatus
+from workledger.projections.views import TaskStatus, TaskView
 from workledger.stores.base import Batch, ReadModel, Sequenced
 from workledger.stores.memory import MemoryStore
 
@@ -105,6 +105,52 @@ def test_a_retry_releases_the_slot_and_the_next_claim_starts_a_new_stretch() -> 
         TaskStatus.PENDING,
         "w2",
         reclaim.at,
+    )
+
+
+def test_a_view_takes_each_field_from_its_own_event() -> None:
+    """Every field of a running task that retried once differs from the others, so a view
+    built with one field in another's place (the fold builds it by position) fails."""
+    sub = ev.TaskSubmitted(
+        task="t", pool="p", queue="q", task_key="k", priority=7, stage="s", item="i", **at(0)
+    )
+    history = [
+        sub,
+        ev.TaskClaimed(task="t", worker="w1", **at(1)),
+        ev.TaskRetrying(task="t", attempt=1, error="boom", **at(2)),
+        claim := ev.TaskClaimed(task="t", worker="w2", **at(3)),
+        start := ev.TaskStarted(task="t", worker="w2", **at(4)),
+        report := ev.TaskProgress(task="t", progress=0.5, message="half", **at(5)),
+    ]
+    running = TaskView(
+        task="t",
+        status=TaskStatus.RUNNING,
+        pool="p",
+        queue="q",
+        task_key="k",
+        stage="s",
+        priority=7,
+        item="i",
+        worker="w2",
+        submitted_at=sub.at,
+        slot_acquired_at=claim.at,
+        started_at=start.at,
+        finished_at=None,
+        updated_at=report.at,
+        retries=1,
+        progress=0.5,
+        message="half",
+        error="boom",
+    )
+    assert fold(history).task("t") == running
+    failed = ev.TaskFailed(task="t", error="bad", **at(9))
+    assert fold([*history, failed]).task("t") == msgspec.structs.replace(
+        running,
+        status=TaskStatus.FAILED,
+        slot_acquired_at=None,
+        finished_at=failed.at,
+        updated_at=failed.at,
+        error="bad",
     )
 
 
