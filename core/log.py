@@ -237,7 +237,10 @@ class _Callbacks:
         self.last_error = exc
         if not self.connected and _fatal(exc):
             raise _Refused(self.refusal(exc))
-        level = logging.DEBUG if self.quiet or not self.connected else logging.WARNING
+        # Closing on purpose is not news: tasks nats-py still runs then (an ordered consumer's
+        # flow-control reply) fail with "connection closed".
+        closing = self.client.is_closed
+        level = logging.DEBUG if self.quiet or not self.connected or closing else logging.WARNING
         _log.log(level, "NATS error at %s: %s", self.servers, self.describe(exc))
         self.quiet = self.quiet or isinstance(exc, OSError | nats.errors.Error)
 

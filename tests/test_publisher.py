@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import nats.errors
 import pytest
 
 from workledger.core import events as ev
@@ -146,6 +147,24 @@ async def test_an_unreachable_server_is_a_clear_log_error_fast() -> None:
     with pytest.raises(LogError, match=f"cannot reach NATS at {config.servers[0]}"):
         await Publisher.connect(config)
     assert time.monotonic() - started < 3
+
+
+async def test_an_error_after_closing_on_purpose_is_no_warning(
+    log_config: LogConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task nats-py still runs after ``close`` (an ordered consumer's flow-control reply) fails
+    with "connection closed": not news when we closed it, so it warns of nothing; an error
+    while connected still warns."""
+    caplog.set_level(logging.DEBUG, logger="workledger.core.log")
+    closed, open_ = await connect(log_config), await connect(log_config)
+    await closed.close()
+    await closed._error_cb(nats.errors.ConnectionClosedError())  # the callback connect() set
+    await open_._error_cb(nats.errors.SlowConsumerError("s", None, 1, None))
+    await open_.close()
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warned) == 1
+    assert "slow consumer" in warned[0]
+    assert any("connection closed" in r.getMessage() for r in caplog.records)
 
 
 async def test_a_stream_deleted_under_the_publisher_fails_flush_and_lists_the_events(
