@@ -107,13 +107,11 @@ class _TaskRecord:
 
     def apply(self, event: ev.Event) -> None:
         kind = type(event)
-        at, hint, updated = event.at, self.hint, self.updated_at
-        # Events mostly come in order: a later one is newer without a call to _newer.
-        if event.pool is not None and (  # type: ignore[attr-defined]
-            hint is None or at > hint.at or _newer(hint, event)  # type: ignore[operator]
-        ):
+        hint = self.hint
+        if event.pool is not None and (hint is None or _newer(hint, event)):  # type: ignore[attr-defined]
             self.hint = event
-        if updated is None or at > updated:  # type: ignore[operator]
+        at = event.at
+        if self.updated_at is None or at > self.updated_at:  # type: ignore[operator]
             self.updated_at = at
         if kind is ev.TaskClaimed or kind is ev.TaskStarted:
             marks, key = self.marks, event.id  # _put, inlined: most task events are marks
@@ -128,8 +126,7 @@ class _TaskRecord:
             if _newer(self.last_retry, event):
                 self.last_retry = event  # type: ignore[assignment]
         elif kind is ev.TaskProgress:
-            progress = self.progress
-            if progress is None or at > progress.at or _newer(progress, event):  # type: ignore[operator]
+            if _newer(self.progress, event):
                 self.progress = event  # type: ignore[assignment]
         elif kind in _TERMINAL_STATUS and _newer(self.terminal, event):
             self.terminal = event
@@ -191,7 +188,7 @@ class _TaskRecord:
             len(self.retries),
             prog.progress if prog else None,
             prog.message if prog else None,
-            self._error() if terminal or self.last_retry else None,
+            self._error(),
         )
 
     def intervals(self) -> list[SlotInterval]:
