@@ -100,6 +100,7 @@ class Family(NamedTuple):
     tables: tuple[tuple[schema.Table, Select], ...]
     retained: Select | None  # None: its entities' events are read from ``events``
     stage: Callable[[str], dict[str, str]] = lambda _events: {}
+    copied: bool = True  # read from a copy when deriving everything (see _all_of)
 
 
 FAMILIES = (
@@ -113,6 +114,7 @@ FAMILIES = (
         ),
         None,
         tasks.stage,
+        copied=False,
     ),
     Family(  # claims and starts are a worker's signs of life
         "worker",
@@ -152,7 +154,7 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
                 continue  # nothing of the family changed (pools and queues, mostly)
             source, touched = found
         else:
-            source, touched = f"(FROM events WHERE {family.reads})", "true"
+            source, touched = _all_of(cursor, family), "true"
         staged = family.stage(source)
         for name, statement in staged.items():
             cursor.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {statement}")
@@ -172,9 +174,25 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
             )
         for name in staged:
             cursor.execute(f"DROP TABLE {name}")
-    if since > 0:  # the temporary tables hold up to a second of events: free them now
-        for name in ("wl_fresh", "wl_touched", "wl_events"):
-            cursor.execute(f"DROP TABLE IF EXISTS {name}")
+    for name in ("wl_fresh", "wl_touched", "wl_events"):  # free what they hold now
+        cursor.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def _all_of(cursor: duckdb.DuckDBPyConnection, family: Family) -> str:
+    """Every event of the family (deriving from checkpoint 0), as a relation.
+
+    A scan of ``events`` that reads payloads decompresses nearly the whole payload column,
+    however few rows pass its filter. A family whose events are a small part of the log is
+    copied out once by row id, which reads only their payloads, and its selects read the copy.
+    The task family's events are most of the log: its selects read ``events`` itself.
+    """
+    if not family.copied:
+        return f"(FROM events WHERE {family.reads})"
+    cursor.execute(
+        "CREATE OR REPLACE TEMP TABLE wl_events AS FROM events "  # noqa: S608
+        f"WHERE rowid IN (SELECT rowid FROM events WHERE {family.reads})"
+    )
+    return "wl_events"
 
 
 def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, str] | None:
