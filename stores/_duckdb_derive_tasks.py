@@ -6,8 +6,9 @@ reference is the fold's ``_TaskRecord`` (:mod:`workledger.projections.fold`): ea
 names the rule it mirrors, and tests/test_duckdb_derive_tasks.py holds the rows to
 ``Ledger.task`` and ``Ledger.intervals``.
 
-Both tables read three temporary tables :func:`stage` makes from the events once: per task
-its registers and placement, its claims and starts, its retries.
+Both tables read four temporary tables :func:`stage` makes from the events once: per task
+its registers and placement, its claims and starts, its retries, and its stretches (the claims
+and starts between two retries).
 
 Order-free and idempotent like the fold: every register (the latest of a kind) is a ``max``
 over a struct leading with ``("at", id, JSON)`` (fold._newer: the JSON text breaks a tie on
@@ -54,6 +55,7 @@ _TERMINAL_STATUS = f"""CASE {{tag}}
 _TASK_EVENTS = "(SELECT * FROM {events} AS e WHERE task IS NOT NULL AND starts_with(type, 'task.'))"
 
 PLACED, MARKS, RETRIES = "wl_task_placed", "wl_task_marks", "wl_task_retries"
+STRETCHES = "wl_task_stretches"
 
 
 def _placed(events: str) -> str:
@@ -61,12 +63,14 @@ def _placed(events: str) -> str:
     task_events = _TASK_EVENTS.format(events=events)
     return f"""
 WITH registers AS (
-    -- _TaskRecord.apply: the newest submitted, terminal and progress report, and the latest
-    -- time.
+    -- _TaskRecord.apply: the newest submitted, terminal, progress report and retry, and the
+    -- latest time. The newest retry of all is the newest of those kept one per id (_put keeps
+    -- the newest of an id's), so it is read here, in the one scan of the payloads.
     SELECT task,
         max({{{_NEWER}, 'pool': pool, 'queue': queue}}) FILTER (WHERE type = {_SUBMITTED}) AS sub,
         max({{{_NEWER}, 'type': type}}) FILTER (WHERE type IN ({_TERMINALS})) AS term,
         max({{{_NEWER}}}) FILTER (WHERE type = {_PROGRESS}) AS report,
+        max({{{_NEWER}}}) FILTER (WHERE type = {_RETRYING}) AS retry,
         max("at") AS updated_at
     FROM {task_events}
     GROUP BY task
@@ -82,7 +86,7 @@ hints AS (
 )
 -- _TaskRecord._placement: pool, queue, task key and stage from task.submitted, else pool and
 -- queue from the latest hint (no key, no stage); the terminal's status; the progress.
-SELECT task, sub.at AS submitted_at, term, updated_at,
+SELECT task, sub.at AS submitted_at, term, retry, updated_at,
     CASE WHEN sub IS NULL THEN hint.pool ELSE sub.pool END AS pool,
     CASE WHEN sub IS NULL THEN hint.queue ELSE sub.queue END AS queue,
     json_transform(sub.json, '{_SUBMITTED_FIELDS}') AS submitted,
@@ -93,33 +97,84 @@ FROM registers LEFT JOIN hints USING (task)"""  # noqa: S608 (our SQL around a t
 
 def _marks(events: str) -> str:
     """_TaskRecord.apply (fold._put): the claims and starts, one per id (a claim and a start
-    sharing an id are one mark): of those sharing it, the newest by ("at", JSON)."""
+    sharing an id are one mark): of those sharing it, the newest by ("at", JSON).
+
+    Nearly every id names one event, which is its own newest: only the ids of several are
+    grouped again with their JSON, so the JSON of the rest is never read (reading it is
+    most of the work: the payload column is decompressed whole).
+    """
+    task_events = _TASK_EVENTS.format(events=events)
+    marks = f"{task_events} AS e WHERE type IN ({_CLAIMED}, {_STARTED})"
     return f"""
+WITH by_id AS MATERIALIZED (
+    SELECT task, id, max({{'at': "at", 'type': type, 'worker': worker}}) AS m, count(*) AS n
+    FROM {marks}
+    GROUP BY task, id
+)
+SELECT task, id, m.type, m."at", m.worker FROM by_id WHERE n = 1
+UNION ALL
 SELECT task, id, m.type, m."at", m.worker
 FROM (
     SELECT task, id, max({{{_NEWER}, 'type': type, 'worker': worker}}) AS m
-    FROM {_TASK_EVENTS.format(events=events)}
-    WHERE type IN ({_CLAIMED}, {_STARTED})
+    FROM {marks} AND (task, id) IN (SELECT (task, id) FROM by_id WHERE n > 1)
     GROUP BY task, id
 )"""  # noqa: S608 (our SQL around a table name)
 
 
 def _retries(events: str) -> str:
-    """_TaskRecord.apply (fold._put): the retries, one per id, the newest by ("at", JSON)."""
+    """_TaskRecord.apply (fold._put): the retries, one per id, at the newest one's time (its
+    JSON is read only for the newest retry of all: :func:`_placed`)."""
     return f"""
-SELECT task, id, r."at", r.json
-FROM (
-    SELECT task, id, max({{{_NEWER}}}) AS r
-    FROM {_TASK_EVENTS.format(events=events)}
-    WHERE type = {_RETRYING}
-    GROUP BY task, id
-)"""  # noqa: S608 (our SQL around a table name)
+SELECT task, id, max("at") AS "at"
+FROM {_TASK_EVENTS.format(events=events)}
+WHERE type = {_RETRYING}
+GROUP BY task, id"""  # noqa: S608 (our SQL around a table name)
+
+
+def _stretches() -> str:
+    """intervals(): each task's claims and starts cut into stretches by its retries, each
+    reduced to _interval's (and view()'s) first mark, first start, latest start's worker and
+    latest mark's worker. Empty stretches have no row; the last is the task's current one."""
+    return f"""
+WITH retried AS (SELECT DISTINCT task FROM {RETRIES}),
+timeline AS (
+    -- intervals(): a claim or start falls in the stretch after the retries sorted before it
+    -- (bisect_left: a retry with the mark's own key is not before it, so retries sort after
+    -- marks of equal key); its stretch is how many there are. Most tasks have no retry:
+    -- their marks are all in stretch 0, without a window.
+    SELECT task, type, worker, "at", id, is_retry,
+        sum(is_retry) OVER (
+            PARTITION BY task ORDER BY "at", id, is_retry ROWS UNBOUNDED PRECEDING
+        ) AS stretch
+    FROM (
+        SELECT task, type, worker, "at", id, 0 AS is_retry
+        FROM {MARKS} SEMI JOIN retried USING (task)
+        UNION ALL
+        SELECT task, NULL, NULL, "at", id, 1 FROM {RETRIES}
+    )
+    UNION ALL
+    SELECT task, type, worker, "at", id, 0, 0 FROM {MARKS} ANTI JOIN retried USING (task)
+)
+SELECT task, stretch,
+    min("at") AS acquired_at,
+    min("at") FILTER (WHERE type = {_STARTED}) AS started_at,
+    arg_max(worker, ("at", id)) FILTER (WHERE type = {_STARTED}) AS start_worker,
+    arg_max(worker, ("at", id)) AS mark_worker
+FROM timeline
+WHERE is_retry = 0
+GROUP BY task, stretch"""  # noqa: S608 (our table names)
 
 
 def stage(events: str) -> dict[str, str]:
     """The temporary tables :func:`tasks_select` and :func:`slot_intervals_select` read, each
-    computed once from ``events`` (a table name or a parenthesised subquery): name -> select."""
-    return {PLACED: _placed(events), MARKS: _marks(events), RETRIES: _retries(events)}
+    computed once from ``events`` (a table name or a parenthesised subquery), in order (the
+    stretches read the marks and retries): name -> select."""
+    return {
+        PLACED: _placed(events),
+        MARKS: _marks(events),
+        RETRIES: _retries(events),
+        STRETCHES: _stretches(),
+    }
 
 
 def _select(table: schema.Table, expressions: dict[str, str]) -> str:
@@ -136,7 +191,7 @@ _TASK_COLUMNS = {
     # only) > RETRYING (any retry) > SUBMITTED > UNKNOWN.
     "status": f"""CASE
         WHEN p.term IS NOT NULL THEN p.term_status
-        WHEN s.first_start IS NOT NULL THEN '{TaskStatus.RUNNING}'
+        WHEN s.started_at IS NOT NULL THEN '{TaskStatus.RUNNING}'
         WHEN s.task IS NOT NULL THEN '{TaskStatus.PENDING}'
         WHEN r.task IS NOT NULL THEN '{TaskStatus.RETRYING}'
         WHEN p.submitted_at IS NOT NULL THEN '{TaskStatus.SUBMITTED}'
@@ -151,8 +206,8 @@ _TASK_COLUMNS = {
     "worker": "coalesce(s.start_worker, s.mark_worker)",
     "submitted_at": "p.submitted_at",
     # view(): the stretch's first mark, while the task holds a slot (PENDING or RUNNING).
-    "slot_acquired_at": "CASE WHEN p.term IS NULL THEN s.first_mark END",
-    "started_at": "s.first_start",
+    "slot_acquired_at": "CASE WHEN p.term IS NULL THEN s.acquired_at END",
+    "started_at": "s.started_at",
     "finished_at": "p.term.at",
     "updated_at": "p.updated_at",
     "retries": "coalesce(r.retries, 0)",
@@ -162,7 +217,7 @@ _TASK_COLUMNS = {
     "error": f"""CASE p.term.type
         WHEN {_FAILED} THEN p.term.json::JSON->>'error'
         WHEN {_CRASHED} THEN p.term.json::JSON->>'reason'
-        ELSE r.retry.json::JSON->>'error' END""",
+        ELSE p.retry.json::JSON->>'error' END""",
 }
 
 
@@ -171,31 +226,16 @@ def tasks_select() -> str:
     tables :func:`stage` made."""
     return f"""
 WITH retried AS (
-    -- _TaskRecord.apply: the newest retry (its ("at", id) and JSON) and how many there are;
-    -- few tasks have any.
-    SELECT task, max({{'at': "at", 'id': id, 'json': json}}) AS retry, count(*) AS retries
-    FROM {RETRIES}
-    GROUP BY task
-),
-stretch AS (
-    -- _TaskRecord._stretch: the claims and starts strictly after the latest retry by
-    -- ("at", id) (bisect_right), reduced to view()'s first mark, first start, latest start's
-    -- worker and latest mark's worker. No row: the stretch is empty.
-    SELECT m.task,
-        min(m."at") AS first_mark,
-        min(m."at") FILTER (WHERE m.type = {_STARTED}) AS first_start,
-        arg_max(m.worker, (m."at", m.id)) FILTER (WHERE m.type = {_STARTED}) AS start_worker,
-        arg_max(m.worker, (m."at", m.id)) AS mark_worker
-    FROM {MARKS} AS m
-    LEFT JOIN retried AS r USING (task)
-    WHERE r.retry IS NULL OR (m."at", m.id) > (r.retry.at, r.retry.id)
-    GROUP BY m.task
+    -- _TaskRecord.apply: how many retries there are (one per id); few tasks have any.
+    SELECT task, count(*) AS retries FROM {RETRIES} GROUP BY task
 )
 SELECT
     {_select(schema.TASKS, _TASK_COLUMNS)}
 FROM {PLACED} AS p
 LEFT JOIN retried AS r USING (task)
-LEFT JOIN stretch AS s USING (task)"""  # noqa: S608 (our table names)
+-- _TaskRecord._stretch: the claims and starts strictly after the latest retry by ("at", id)
+-- (bisect_right) are the last stretch, the one after every retry. No row: it is empty.
+LEFT JOIN {STRETCHES} AS s ON s.task = p.task AND s.stretch = coalesce(r.retries, 0)"""  # noqa: S608
 
 
 # _release: the stretch's retry when there is no terminal or the terminal is after it.
@@ -230,35 +270,10 @@ WITH retries AS (
     -- intervals(): the task's retries (one per id) sorted by ("at", id), numbered from 1.
     SELECT task, "at", id, row_number() OVER (PARTITION BY task ORDER BY "at", id) AS n
     FROM {RETRIES}
-),
-timeline AS (
-    -- intervals(): a claim or start falls in the stretch after the retries sorted before it
-    -- (bisect_left: a retry with the mark's own key is not before it, so retries sort after
-    -- marks of equal key); its stretch is how many there are.
-    SELECT task, type, worker, "at", id, is_retry,
-        sum(is_retry) OVER (
-            PARTITION BY task ORDER BY "at", id, is_retry ROWS UNBOUNDED PRECEDING
-        ) AS stretch
-    FROM (
-        SELECT task, type, worker, "at", id, 0 AS is_retry FROM {MARKS}
-        UNION ALL
-        SELECT task, NULL, NULL, "at", id, 1 FROM retries
-    )
-),
-stretches AS (
-    -- intervals() skips empty stretches; _interval: first mark, first start, workers.
-    SELECT task, stretch,
-        min("at") AS acquired_at,
-        min("at") FILTER (WHERE type = {_STARTED}) AS started_at,
-        arg_max(worker, ("at", id)) FILTER (WHERE type = {_STARTED}) AS start_worker,
-        arg_max(worker, ("at", id)) AS mark_worker
-    FROM timeline
-    WHERE is_retry = 0
-    GROUP BY task, stretch
 )
 SELECT
     {_select(schema.SLOT_INTERVALS, _INTERVAL_COLUMNS)}
-FROM stretches AS s
+FROM {STRETCHES} AS s
 JOIN {PLACED} AS p USING (task)
 -- intervals(): stretch i (from 0) ends at retry i + 1; the last stretch has none.
 LEFT JOIN retries AS r ON r.task = s.task AND r.n = s.stretch + 1"""  # noqa: S608 (our names)
