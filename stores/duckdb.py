@@ -55,7 +55,7 @@ from workledger.projections.views import (
 from workledger.stores import _duckdb_rows as rows
 from workledger.stores import _duckdb_schema as schema
 from workledger.stores._duckdb_copy import publish_copy
-from workledger.stores._duckdb_derive import derive
+from workledger.stores._duckdb_derive import derive, restore_settings
 from workledger.stores._duckdb_utilization import utilization_sql
 from workledger.stores.base import Batch, ReadModel, StoreStats
 
@@ -581,6 +581,8 @@ def _transaction(cursor: duckdb.DuckDBPyConnection) -> Iterator[None]:
         # one to report, never "cannot rollback - no transaction is active".
         with suppress(duckdb.Error):
             cursor.rollback()
+        with suppress(duckdb.Error):  # what a failed derivation could not restore itself
+            restore_settings(cursor)
         raise
 
 

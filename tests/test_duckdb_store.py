@@ -32,6 +32,7 @@ from workledger.projections.views import (
     WorkerSession,
     WorkerView,
 )
+from workledger.stores import _duckdb_derive as derive_module
 from workledger.stores import duckdb as duckdb_store
 from workledger.stores.base import Batch, Sequenced
 from workledger.stores.duckdb import DuckDBStore, check_unlocked
@@ -243,6 +244,34 @@ def test_a_failure_while_deriving_the_tables_undoes_the_batch_with_them(
     )
     store.apply(second)
     assert store.read_model() == reference([batch(history)]).read_model()
+    store.close()
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_a_derivation_leaves_the_batches_writes_keeping_their_order(
+    path: Path, monkeypatch: pytest.MonkeyPatch, fails: bool
+) -> None:
+    """Deriving drops DuckDB's insertion order for itself only: after it succeeds, and after
+    it fails half way (its transaction aborted, which refuses to restore the setting), the
+    connection's next writes keep their order (an envelope's set-aside events are read back
+    by rowid)."""
+    history = fleet()
+    store = DuckDBStore(path, materialize_every=0)
+    store.apply(batch(history[:10]))
+    real = derive_module._derive
+
+    def abort_half_way(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> None:
+        real(cursor, since, batch_seq)
+        cursor.execute("SELECT 'not a number'::INTEGER")  # aborts the transaction
+
+    if fails:
+        monkeypatch.setattr(derive_module, "_derive", abort_half_way)
+        with pytest.raises(StoreError, match="not a number"):
+            store.apply(batch(history[10:], 11))
+    else:
+        store.apply(batch(history[10:], 11))
+    setting = "SELECT current_setting('preserve_insertion_order')"
+    assert store._cursor().execute(setting).fetchall() == [(True,)]
     store.close()
 
 
