@@ -62,7 +62,7 @@ def _placed(events: str) -> str:
     """Per task: its registers and placement."""
     task_events = _TASK_EVENTS.format(events=events)
     return f"""
-WITH registers AS (
+WITH newest AS (
     -- _TaskRecord.apply: the newest submitted, terminal, progress report and retry, and the
     -- latest time. The newest retry of all is the newest of those kept one per id (_put keeps
     -- the newest of an id's), so it is read here, in the one scan of the payloads.
@@ -75,23 +75,38 @@ WITH registers AS (
     FROM {task_events}
     GROUP BY task
 ),
+registers AS (
+    -- What the view reads of each register's JSON, read once here: the rest of it is not
+    -- carried further. _TaskRecord._error: failed.error, crashed.reason, else the latest
+    -- retry's error.
+    SELECT task, updated_at, sub IS NULL AS unsubmitted, sub.at AS submitted_at,
+        sub.pool, sub.queue, json_transform(sub.json, '{_SUBMITTED_FIELDS}') AS submitted,
+        CASE WHEN term IS NOT NULL THEN {{'at': term.at, 'id': term.id, 'type': term.type}} END
+            AS term,
+        CASE term.type WHEN {_FAILED} THEN term.json::JSON->>'error'
+            WHEN {_CRASHED} THEN term.json::JSON->>'reason' END AS term_error,
+        json_transform(report.json, '{_PROGRESS_FIELDS}') AS progress,
+        CASE WHEN retry IS NOT NULL THEN {{'at': retry.at, 'id': retry.id}} END AS retry,
+        retry.json::JSON->>'error' AS retry_error
+    FROM newest
+),
 hints AS (
     -- _TaskRecord.apply: the newest pool hint (any event with a pool), read only without a
     -- task.submitted: so only for those few tasks (most task events carry a pool).
     SELECT task, max({{{_NEWER}, 'pool': pool, 'queue': queue}}) AS hint
     FROM {task_events}
     WHERE pool IS NOT NULL AND type <> {_SUBMITTED}
-        AND task IN (SELECT task FROM registers WHERE sub IS NULL)
+        AND task IN (SELECT task FROM registers WHERE unsubmitted)
     GROUP BY task
 )
 -- _TaskRecord._placement: pool, queue, task key and stage from task.submitted, else pool and
 -- queue from the latest hint (no key, no stage); the terminal's status; the progress.
-SELECT task, sub.at AS submitted_at, term, retry, updated_at,
-    CASE WHEN sub IS NULL THEN hint.pool ELSE sub.pool END AS pool,
-    CASE WHEN sub IS NULL THEN hint.queue ELSE sub.queue END AS queue,
-    json_transform(sub.json, '{_SUBMITTED_FIELDS}') AS submitted,
+SELECT task, submitted_at, term, term_error, retry, retry_error, updated_at,
+    CASE WHEN unsubmitted THEN hint.pool ELSE pool END AS pool,
+    CASE WHEN unsubmitted THEN hint.queue ELSE queue END AS queue,
+    submitted,
     {_TERMINAL_STATUS.format(tag="term.type")} AS term_status,
-    json_transform(report.json, '{_PROGRESS_FIELDS}') AS progress
+    progress
 FROM registers LEFT JOIN hints USING (task)"""  # noqa: S608 (our SQL around a table name)
 
 
@@ -214,10 +229,8 @@ _TASK_COLUMNS = {
     "progress": "p.progress.progress",
     "message": "p.progress.message",
     # _TaskRecord._error: failed.error, crashed.reason, else the latest retry's error.
-    "error": f"""CASE p.term.type
-        WHEN {_FAILED} THEN p.term.json::JSON->>'error'
-        WHEN {_CRASHED} THEN p.term.json::JSON->>'reason'
-        ELSE p.retry.json::JSON->>'error' END""",
+    "error": f"""CASE WHEN p.term.type IN ({_FAILED}, {_CRASHED}) THEN p.term_error
+        ELSE p.retry_error END""",
 }
 
 
