@@ -101,7 +101,6 @@ class Family(NamedTuple):
     tables: tuple[tuple[schema.Table, Select], ...]
     retained: Select | None  # None: its entities' events are read from ``events``
     stage: Callable[[str], dict[str, str]] = lambda _events: {}
-    copied: bool = True  # read from a copy when deriving everything (see _all_of)
 
 
 FAMILIES = (
@@ -115,7 +114,6 @@ FAMILIES = (
         ),
         None,
         tasks.stage,
-        copied=False,
     ),
     Family(  # claims and starts are a worker's signs of life
         "worker",
@@ -204,11 +202,12 @@ def _all_of(cursor: duckdb.DuckDBPyConnection, family: Family) -> str:
     """Every event of the family (deriving from checkpoint 0), as a relation.
 
     A scan of ``events`` that reads payloads decompresses nearly the whole payload column,
-    however few rows pass its filter. A family whose events are a small part of the log is
-    copied out once by row id, which reads only their payloads, and its selects read the copy.
-    The task family's events are most of the log: its selects read ``events`` itself.
+    however few rows pass its filter. A family that keeps ``retained`` (its events are a small
+    part of the log) is copied out once by row id, which reads only their payloads, and its
+    selects read the copy. The task family's events are most of the log (so it keeps no
+    ``retained``): its selects read ``events`` itself.
     """
-    if not family.copied:
+    if family.retained is None:
         return f"(FROM events WHERE {family.reads})"
     cursor.execute(
         "CREATE OR REPLACE TEMP TABLE wl_events AS FROM events "  # noqa: S608

@@ -86,7 +86,6 @@ registers AS (
         CASE term.type WHEN {_FAILED} THEN term.json::JSON->>'error'
             WHEN {_CRASHED} THEN term.json::JSON->>'reason' END AS term_error,
         json_transform(report.json, '{_PROGRESS_FIELDS}') AS progress,
-        CASE WHEN retry IS NOT NULL THEN {{'at': retry.at, 'id': retry.id}} END AS retry,
         retry.json::JSON->>'error' AS retry_error
     FROM newest
 ),
@@ -101,7 +100,7 @@ hints AS (
 )
 -- _TaskRecord._placement: pool, queue, task key and stage from task.submitted, else pool and
 -- queue from the latest hint (no key, no stage); the terminal's status; the progress.
-SELECT task, submitted_at, term, term_error, retry, retry_error, updated_at,
+SELECT task, submitted_at, term, term_error, retry_error, updated_at,
     CASE WHEN unsubmitted THEN hint.pool ELSE pool END AS pool,
     CASE WHEN unsubmitted THEN hint.queue ELSE queue END AS queue,
     submitted,
