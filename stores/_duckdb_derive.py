@@ -209,11 +209,19 @@ def _all_of(cursor: duckdb.DuckDBPyConnection, family: Family) -> str:
     """
     if family.retained is None:
         return f"(FROM events WHERE {family.reads})"
+    _copy_events(cursor, family.reads)
+    return "wl_events"
+
+
+def _copy_events(cursor: duckdb.DuckDBPyConnection, where: str) -> None:
+    """``wl_events``: the events matching ``where``, fetched by row id. A scan that reads
+    payloads decompresses nearly the whole column however few rows it keeps; this one reads
+    the payloads of the rows it keeps (a live derivation of 5,000 events on a 10M-event file
+    copies a task's events in 0.07 CPU-s rather than 0.25)."""
     cursor.execute(
         "CREATE OR REPLACE TEMP TABLE wl_events AS FROM events "  # noqa: S608
-        f"WHERE rowid IN (SELECT rowid FROM events WHERE {family.reads})"
+        f"WHERE rowid IN (SELECT rowid FROM events WHERE {where})"
     )
-    return "wl_events"
 
 
 def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, str] | None:
@@ -232,10 +240,7 @@ def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, st
         return None
     touched = f"({keys}) IN (SELECT ({keys}) FROM wl_touched)"  # noqa: S608
     if family.retained is None:
-        cursor.execute(
-            f"CREATE OR REPLACE TEMP TABLE wl_events AS "  # noqa: S608
-            f"SELECT * FROM events WHERE {reads} AND {touched}"
-        )
+        _copy_events(cursor, f"{reads} AND {touched}")
     else:
         cursor.execute(
             f"""CREATE OR REPLACE TEMP TABLE wl_events AS
