@@ -6,9 +6,11 @@ generated events, then times :func:`workledger.rebuild.rebuild` (the command's o
 a Projector on one DuckDBStore, then the swap) and checks every event was applied. Then it
 replays the stream again, the same way, into a store that only counts (``rebuild transport
 rate``): what consuming and decoding alone allow, the bound on any store's rebuild. Last,
-the time a daemon's store takes to open the rebuilt file (``rebuild reopen seconds``). Of the
-rebuild, ``rebuild derive seconds`` is the part after the replay: deriving every table from
-the events at once, and writing the file.
+the time a daemon's store takes to open the rebuilt file (``rebuild reopen seconds``), and what
+one live derivation of the last ``LIVE_EVENTS`` events costs on a file that long (``rebuild
+live derivation seconds``, and its CPU seconds, DuckDB's threads included; rolled back; a
+daemon's store derives about once a second). Of the rebuild, ``rebuild derive seconds`` is
+the part after the replay: deriving every table from the events at once, and writing the file.
 
 Loading is streamed (never N events in memory) and reported separately. By default one event
 a message (the SDK's default wire), loaded the fastest way: plain NATS publishes without a
@@ -27,6 +29,7 @@ import itertools
 import logging
 import math
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -34,6 +37,7 @@ from pathlib import Path
 from typing import cast
 
 import anyio
+import duckdb
 import envelopes
 import publish
 import run
@@ -43,12 +47,14 @@ from workledger.core.log import LogConfig, connect, subject_for
 from workledger.core.nats_server import EmbeddedNats
 from workledger.projections.daemon import Projector
 from workledger.rebuild import catch_up_config, rebuild
+from workledger.stores._duckdb_derive import derive
 from workledger.stores.base import Store
 from workledger.stores.duckdb import DuckDBStore
 
 SYNC_EVERY = 5000
 BYTES_PER_EVENT = 700  # stream + DuckDB file, with room to spare (measured ~450 at 1M)
 REPORT_EVERY = 1_000_000
+LIVE_EVENTS, LIVE_REPEAT = 5000, 3  # the daemon's max_batch
 
 
 def check_space(where: Path, events: int) -> None:
@@ -122,6 +128,25 @@ def reopen(path: Path) -> float:
     return seconds
 
 
+def live_derivation(path: Path) -> tuple[float, float]:
+    """Seconds and CPU seconds (medians) of deriving the tables of the last ``LIVE_EVENTS``
+    events of the file, as a daemon's store would after they arrived; rolled back each time."""
+    walls, cpus = [], []
+    with duckdb.connect(str(path)) as conn:
+        (upto,) = conn.execute("SELECT max(seq) FROM events").fetchone() or (0,)
+        (since,) = conn.execute(
+            f"SELECT min(seq) - 1 FROM (FROM events ORDER BY seq DESC LIMIT {LIVE_EVENTS})"
+        ).fetchone() or (0,)
+        for _ in range(LIVE_REPEAT):
+            conn.begin()
+            began, cpu = time.perf_counter(), time.process_time()
+            derive(conn, since, upto)
+            walls.append(time.perf_counter() - began)
+            cpus.append(time.process_time() - cpu)
+            conn.rollback()
+    return statistics.median(walls), statistics.median(cpus)
+
+
 class _DeriveSeconds(logging.Handler):
     """The seconds :func:`rebuild` logs for deriving the tables and writing the file."""
 
@@ -163,6 +188,7 @@ def bench_rebuild(
             seconds = time.perf_counter() - began
             moved, counted = anyio.run(transport, config, stats.checkpoint)
             opened = reopen(target)
+            live, live_cpu = live_derivation(target)
             stream_bytes = sum(f.stat().st_size for f in (root / "nats").rglob("*") if f.is_file())
         if stats.applied != events or counted != events:
             raise SystemExit(f"rebuild applied {stats.applied} and {counted} of {events} events")
@@ -174,6 +200,8 @@ def bench_rebuild(
             "rebuild transport rate": events / moved,
             "rebuild derive seconds": derive.seconds,
             "rebuild reopen seconds": opened,
+            "rebuild live derivation seconds": live,
+            "rebuild live derivation cpu seconds": live_cpu,
             "rebuild duckdb bytes": float(target.stat().st_size),
             "rebuild stream bytes": float(stream_bytes),
             "rebuild events per message": float(batch_size),

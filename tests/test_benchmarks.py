@@ -35,6 +35,7 @@ EXPECTED = [
     "rebuild rate",
     "rebuild load seconds",
     "rebuild derive seconds",
+    "rebuild live derivation seconds",
     "memory store per worker",
     "memory store per task",
     "memory ledger per worker",
