@@ -133,6 +133,7 @@ def live_derivation(path: Path) -> tuple[float, float]:
     events of the file, as a daemon's store would after they arrived; rolled back each time."""
     walls, cpus = [], []
     with duckdb.connect(str(path)) as conn:
+        conn.execute("SET TimeZone = 'UTC'")  # as the store's own connections
         (upto,) = conn.execute("SELECT max(seq) FROM events").fetchone() or (0,)
         (since,) = conn.execute(
             f"SELECT min(seq) - 1 FROM (FROM events ORDER BY seq DESC LIMIT {LIVE_EVENTS})"
