@@ -140,16 +140,23 @@ FAMILIES = (
 )
 
 
-def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> None:
+def derive(
+    cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int, *, alone: bool = False
+) -> None:
     """Bring every derived table and ``retained`` from checkpoint ``since`` to ``batch_seq``
     (``since=0``: derive them all again from ``events``). Runs in the caller's transaction;
     the rows it writes get ``batch_seq``.
 
-    Without ``preserve_insertion_order`` (12-14% less CPU deriving 10M events): no row
-    written here is read in insertion order but a worker's sessions, whose select ends in an
-    ORDER BY, which DuckDB keeps regardless. The setting is the connection's, and an aborted
-    transaction refuses to restore it: :func:`restore_settings` after its rollback.
+    ``alone``: nothing else writes to the database meanwhile. Only then is DuckDB's
+    ``preserve_insertion_order`` dropped while deriving (12-14% less CPU deriving 10M events):
+    the setting is global to the database, and other writes (a batch's set-aside messages) are
+    read back in insertion order. No row written here is, but a worker's sessions, whose
+    select ends in an ORDER BY, which DuckDB keeps regardless. An aborted transaction refuses
+    to restore the setting: :func:`restore_settings` after its rollback.
     """
+    if not alone:
+        _derive(cursor, since, batch_seq)
+        return
     cursor.execute("SET preserve_insertion_order = false")
     try:
         _derive(cursor, since, batch_seq)
@@ -159,7 +166,7 @@ def derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> Non
 
 
 def restore_settings(cursor: duckdb.DuckDBPyConnection) -> None:
-    """Undo what :func:`derive` sets for itself: the connection's other writes (the events
+    """Undo what :func:`derive` sets when ``alone``: the database's other writes (the events
     of a batch, its set-aside messages) are read back in insertion order."""
     cursor.execute("RESET preserve_insertion_order")
 

@@ -120,7 +120,7 @@ class DuckDBStore:
             self._stop_deriver()
             if not self.read_only:
                 with self._writing:
-                    self._materialize()
+                    self._materialize(alone=True)
                 with self._translated("checkpoint"):
                     self._cursor().execute("CHECKPOINT")
         finally:
@@ -188,25 +188,26 @@ class DuckDBStore:
             quarantined=s.quarantined + len(held),
         )
 
-    def _materialize(self) -> None:
-        """Derive the tables of everything committed since they were last derived."""
+    def _materialize(self, *, alone: bool) -> None:
+        """Derive the tables of everything committed since they were last derived; ``alone``
+        when the caller holds ``_writing``, so that no batch is written meanwhile."""
         with self._deriving:
             if self._materialized != self._stats.checkpoint:
-                self._derive_committed()
+                self._derive_committed(alone=alone)
 
     def _current(self) -> None:
         """Before a read: bring the derived tables up to the checkpoint (no batch meanwhile,
         so the read sees the tables of every batch it sees)."""
         if not self.read_only and self._materialized != self._stats.checkpoint:
             with self._writing:
-                self._materialize()
+                self._materialize(alone=True)
 
     def _derive_behind(self) -> None:
         """The deriver thread: once due, derive what was committed since the last time."""
         try:
             while not self._stopping.wait(max(0.0, self._due - time.monotonic())):
                 self._due = time.monotonic() + self.materialize_every
-                self._materialize()
+                self._materialize(alone=False)  # batches go on being written
         except Exception as exc:  # the next batch raises it: the daemon stops with its reason
             why = f"DuckDB file {self.path}: cannot derive the tables: {exc}"
             self._failure = exc if isinstance(exc, StoreError) else StoreError(why)
@@ -216,7 +217,7 @@ class DuckDBStore:
         if self._deriver is not None and self._deriver is not threading.current_thread():
             self._deriver.join()
 
-    def _derive_committed(self) -> None:
+    def _derive_committed(self, *, alone: bool) -> None:
         """One transaction of its own, on this thread's cursor: derive the tables from the
         ``materialized`` mark to the committed checkpoint, and move the mark. The batches'
         transactions append to ``events`` and update the checkpoint row's other columns, so
@@ -226,7 +227,7 @@ class DuckDBStore:
             mark = "SELECT materialized, checkpoint FROM checkpoint WHERE id = 1"
             ((since, upto),) = cursor.execute(mark).fetchall()
             if since != upto:
-                derive(cursor, since, upto)
+                derive(cursor, since, upto, alone=alone)
                 cursor.execute("UPDATE checkpoint SET materialized = ? WHERE id = 1", [upto])
         self._materialized = upto
         # The next one ``materialize_every`` seconds later, or three times as long as this one
@@ -247,7 +248,7 @@ class DuckDBStore:
             raise StoreError(f"DuckDB file {self.path} is open read-only")
         action = f"publish a copy to {target}"
         with self._writing, self._deriving, self._translated(action):
-            self._materialize()  # and no derivation until the copy is made: see publish_copy
+            self._materialize(alone=True)  # and none until the copy is made: see publish_copy
             stats = self._stats
             try:
                 publish_copy(self._cursor(), self.path, target)
@@ -565,7 +566,7 @@ def _write(cursor: duckdb.DuckDBPyConnection, write: _Write, since: int | None) 
     with _transaction(cursor):
         _write_rows(cursor, write)
         if since is not None:
-            derive(cursor, since, write.last_seq)
+            derive(cursor, since, write.last_seq, alone=True)  # the batch holds _writing
         cursor.execute(f"UPDATE checkpoint SET {columns} WHERE id = 1", values)  # noqa: S608
 
 

@@ -229,8 +229,10 @@ def test_a_failure_while_deriving_the_tables_undoes_the_batch_with_them(
     store.apply(first)
     real = duckdb_store.derive
 
-    def fail_half_way(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> None:
-        real(cursor, since, batch_seq)  # every table rewritten, then:
+    def fail_half_way(
+        cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int, *, alone: bool
+    ) -> None:
+        real(cursor, since, batch_seq, alone=alone)  # every table rewritten, then:
         raise duckdb.OutOfMemoryException("no room for the rows")
 
     monkeypatch.setattr(duckdb_store, "derive", fail_half_way)
@@ -245,6 +247,9 @@ def test_a_failure_while_deriving_the_tables_undoes_the_batch_with_them(
     store.apply(second)
     assert store.read_model() == reference([batch(history)]).read_model()
     store.close()
+
+
+_ORDERED = "SELECT current_setting('preserve_insertion_order')"
 
 
 @pytest.mark.parametrize("fails", [False, True])
@@ -270,9 +275,38 @@ def test_a_derivation_leaves_the_batches_writes_keeping_their_order(
             store.apply(batch(history[10:], 11))
     else:
         store.apply(batch(history[10:], 11))
-    setting = "SELECT current_setting('preserve_insertion_order')"
-    assert store._cursor().execute(setting).fetchall() == [(True,)]
+    assert store._cursor().execute(_ORDERED).fetchall() == [(True,)]
     store.close()
+
+
+def test_only_a_derivation_that_writes_alone_drops_the_insertion_order(
+    path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DuckDB's insertion order is a setting of the whole database: a derivation in the
+    store's own thread, while batches (and their set-aside messages, read back in insertion
+    order) go on being written from other threads, keeps it; one that holds the store's
+    writes (here at close) may drop it."""
+    seen: list[tuple[str, bool]] = []
+    real = derive_module._derive
+
+    def recording(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> None:
+        ((ordered,),) = cursor.execute(_ORDERED).fetchall()
+        seen.append((threading.current_thread().name, ordered))
+        real(cursor, since, batch_seq)
+
+    monkeypatch.setattr(derive_module, "_derive", recording)
+    history = fleet()
+    with DuckDBStore(path, materialize_every=0.05) as store:
+        store.apply(batch(history[:5]))
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        store.apply(batch(history[5:], 6))
+        store._stop_deriver()  # so that close derives the second batch itself
+    in_thread = [ordered for name, ordered in seen if name.startswith("workledger-derive")]
+    at_close = [ordered for name, ordered in seen if not name.startswith("workledger-derive")]
+    assert in_thread == [True]
+    assert at_close == [False]
 
 
 def test_a_file_held_by_another_process_is_refused_with_a_clear_message(path: Path) -> None:
