@@ -90,7 +90,11 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     keep the loop from the API and the stream watch for seconds. A store that writes to disk
     (DuckDB) applies in its own thread what has waited for it as one batch; meanwhile the
     daemon goes on folding into the in-memory stores, which live queries read, until
-    ``lane_backlog`` events wait for that store (about 2 s at 10k events/s).
+    ``lane_backlog`` events wait for that store. Under a heavy load (``bulk_events`` handed
+    over in ``lane_hold`` seconds), such a store that names its ``bulk_events`` (DuckDB: a row
+    group, which it writes straight to the file instead of through its write-ahead log) gets
+    that many at a time, waiting up to ``lane_hold`` seconds for them; at a lighter load
+    nothing waits.
     """
 
     log: LogConfig = msgspec.field(default_factory=LogConfig)
@@ -99,7 +103,8 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     max_batch_bytes: int = 4 * 1024 * 1024
     buffer: int = 20_000
     buffer_bytes: int = 64 * 1024 * 1024
-    lane_backlog: int = 20_000
+    lane_backlog: int = 150_000
+    lane_hold: float = 2.0
     max_event_bytes: int = MAX_EVENT_BYTES
     allow_gap: bool = False
     watch_interval: float = 2.0
@@ -110,6 +115,8 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
 # its way; how long to wait for each next window, and for all of them together.
 _BEHIND_BYTES = 128 * 1024
 _WINDOW_SECONDS, _GATHER_SECONDS = 0.0005, 0.01
+# _Bulk: a pause between batches shorter than this never ends a lane's wait for more.
+_QUIET_SECONDS = 0.05
 
 
 class DaemonMetrics(msgspec.Struct, kw_only=True):
@@ -332,8 +339,8 @@ class Projector:
             self._received = self._dispatched = self.checkpoint
             await self._check_stream(js)
             self.metrics.connected = True
-            backlog = self.config.lane_backlog
-            self._lanes = [_Lane(s, backlog) for s in self.stores if s not in self._inline]
+            backlog, hold = self.config.lane_backlog, self.config.lane_hold
+            self._lanes = [_Lane(s, backlog, hold) for s in self.stores if s not in self._inline]
             async with _groups.plain_errors(), anyio.create_task_group() as tg:
                 for lane in self._lanes:
                     tg.start_soon(lane.run, self._settle)
@@ -563,12 +570,16 @@ class _Lane:
     at a time held every batch, and the in-memory stores with them, behind the slowest write.
     The daemon waits only once ``backlog`` events wait (one batch is always taken, however
     big), so a slow disk still slows the daemon down instead of piling batches up in memory.
+    Under a heavy load, a store that names its ``bulk_events`` gets that many at a time
+    (:class:`_Bulk`).
     """
 
-    def __init__(self, store: Store, backlog: int) -> None:
+    def __init__(self, store: Store, backlog: int, hold: float) -> None:
         self.store = store
         self.applied = store.stats().checkpoint  # the last sequence this lane applied
         self._backlog = backlog
+        # Never more than the backlog, or the lane and the fold would wait for each other.
+        self._bulk = _Bulk(min(getattr(store, "bulk_events", 0), backlog), hold)
         self._waiting: list[Batch] = []
         self._waiting_events = 0
         self._arrived = anyio.Event()
@@ -577,8 +588,10 @@ class _Lane:
     async def send(self, batch: Batch) -> None:
         while self._waiting and self._waiting_events >= self._backlog:
             await self._taken.wait()
+        events = len(batch.events) + len(batch.quarantined)
+        self._bulk.handed(anyio.current_time(), events)
         self._waiting.append(batch)
-        self._waiting_events += len(batch.events) + len(batch.quarantined)
+        self._waiting_events += events
         self._arrived.set()
 
     async def run(self, settled: Callable[[], None]) -> None:
@@ -586,6 +599,7 @@ class _Lane:
             while not self._waiting:
                 await self._arrived.wait()
                 self._arrived = anyio.Event()
+            await self._gather()
             batch = _joined(self._waiting)
             self._waiting, self._waiting_events = [], 0
             taken, self._taken = self._taken, anyio.Event()
@@ -594,10 +608,62 @@ class _Lane:
             self.applied = max(self.applied, batch.last_seq)
             settled()
 
+    async def _gather(self) -> None:
+        """Wait for more batches while :class:`_Bulk` says to."""
+        while True:
+            until = self._bulk.until(anyio.current_time(), self._waiting_events)
+            if until is None:
+                return
+            with anyio.move_on_after(until - anyio.current_time()):
+                await self._arrived.wait()
+                self._arrived = anyio.Event()
+
     def close(self) -> None:
         """Once the daemon's tasks are done: what still waits was never applied, and the
         checkpoint says so (a restart reads it again)."""
         self._waiting, self._waiting_events = [], 0
+
+
+class _Bulk:
+    """When a lane waits for more batches, to write ``events`` or more at once.
+
+    DuckDB writes a transaction of a row group or more straight to the file, and a smaller one
+    through its write-ahead log and again at a checkpoint: end to end into both stores ran
+    1.45x faster when its lane gathered row groups (benchmarks/HISTORY.md, session 22). So
+    while ``events`` or more were handed over in the last ``hold`` seconds (a heavy load), the
+    lane waits for that many, as long as batches keep coming (none for twice the time between
+    the last two, and at least :data:`_QUIET_SECONDS`: the load is over). At a lighter load
+    they would take longer than ``hold`` to gather, so the lane never waits, and neither does
+    one whose store has no preference (``events`` 0).
+    """
+
+    def __init__(self, events: int, hold: float) -> None:
+        self.events = events
+        self.hold = hold
+        self._handed: deque[tuple[float, int]] = deque()  # (when, events) in the last hold s
+        self._handed_events = 0
+        self._sent = (-math.inf, -math.inf)  # when the last two batches were handed over
+
+    def handed(self, now: float, events: int) -> None:
+        """A batch of ``events`` was handed over at ``now``."""
+        self._handed.append((now, events))
+        self._handed_events += events
+        self._sent = (self._sent[1], now)
+
+    def until(self, now: float, waiting: int) -> float | None:
+        """Until when to wait for more, with ``waiting`` events waiting; None: write now.
+        (Asked again after each batch handed over, and at that time.)"""
+        if waiting >= self.events:
+            return None
+        handed = self._handed
+        while handed and handed[0][0] <= now - self.hold:
+            self._handed_events -= handed.popleft()[1]
+        if self._handed_events < self.events:
+            return None
+        before, last = self._sent
+        quiet = last + max(2 * (last - before), _QUIET_SECONDS)
+        until = min(quiet, handed[0][0] + self.hold)  # or when the load may have dropped
+        return until if now < until else None
 
 
 def _joined(batches: list[Batch]) -> Batch:

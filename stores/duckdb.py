@@ -75,6 +75,11 @@ class DuckDBStore:
     """
 
     blocking = True  # the daemon runs ``apply`` in a worker thread
+    # A transaction appending a row group's worth of rows (DuckDB's 122,880) has DuckDB write
+    # them compressed, straight to the file; fewer go through the write-ahead log and are
+    # written again at a checkpoint (~2.6 µs an event more: benchmarks/HISTORY.md, session 22).
+    # A daemon under a heavy load gathers this many events for a batch (``ProjectorConfig``).
+    bulk_events = 122_880
 
     def __init__(
         self,

@@ -12,7 +12,7 @@ from workledger.core import events as ev
 from workledger.core.log import LogConfig
 from workledger.core.publisher import Publisher
 from workledger.feed import open_feed
-from workledger.projections.daemon import Projector, ProjectorConfig
+from workledger.projections.daemon import _QUIET_SECONDS, Projector, ProjectorConfig, _Bulk
 from workledger.projections.feed import FeedFilter
 from workledger.queries import Queries
 from workledger.stores.base import Batch
@@ -134,3 +134,80 @@ async def test_the_live_feed_and_live_listeners_are_told_before_a_slow_store_has
         assert await projector.wait_for(seq, timeout=10)
         tg.cancel_scope.cancel()
     assert everywhere == [seq]
+
+
+class _Bulky(_Gated):
+    """A lane's store whose writes are cheapest from ``bulk_events`` on, like DuckDB's."""
+
+    bulk_events = 500
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate.set()
+
+
+async def test_under_a_heavy_load_a_store_that_names_its_bulk_gets_that_many_at_a_time(
+    log_stream: LogConfig,
+) -> None:
+    memory, bulky = MemoryStore(), _Bulky()
+    projector = Projector(ProjectorConfig(log=log_stream, lane_hold=30), [memory, bulky])
+    async with Publisher(log_stream) as pub, anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        # 30 bursts of 100, 10 ms apart: each is a batch, which the lane alone would write
+        # at once (its store is quick), one transaction each.
+        for burst in range(30):
+            for worker in range(burst * 100, burst * 100 + 100):
+                await pub.publish(_started(worker))
+            await pub.flush()
+            await anyio.sleep(0.01)
+        assert await projector.wait_for(3000, timeout=30)
+        tg.cancel_scope.cancel()
+    sizes = [len(batch.events) for batch in bulky.batches]
+    assert sum(sizes) == 3000
+    # Until 500 events were handed over, the lane cannot tell a heavy load; from then on it
+    # waits for 500 (a pause of more than 50 ms, on a busy machine, would end a wait early).
+    assert sum(size for size in sizes if size >= _Bulky.bulk_events) >= 1500, sizes
+    assert bulky.read_model() == memory.read_model()
+
+
+async def test_at_a_light_load_the_lane_never_waits_for_a_bulk(log_stream: LogConfig) -> None:
+    memory, bulky = MemoryStore(), _Bulky()
+    config = ProjectorConfig(log=log_stream, lane_hold=60)  # a wait would outlast the test
+    projector = Projector(config, [memory, bulky])
+    async with Publisher(log_stream) as pub, anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        for worker in range(3):
+            seq = await pub.publish_and_wait(_started(worker))
+            assert await projector.wait_for(seq, timeout=10)
+        tg.cancel_scope.cancel()
+    assert [len(batch.events) for batch in bulky.batches] == [1, 1, 1]
+
+
+def test_a_lane_waits_for_a_bulk_only_while_the_load_lasts() -> None:
+    bulk = _Bulk(events=100, hold=2.0)
+    bulk.handed(10.0, 60)
+    assert bulk.until(10.0, waiting=60) is None  # 60 events in 2 s: a light load
+    bulk.handed(10.1, 60)
+    assert bulk.until(10.1, waiting=120) is None  # a bulk waits: write it
+    # The lane took the 120. With 150 handed over in 2 s, 30 waiting wait for more, until
+    # twice the gap between the last two batches after the last: then the load is over.
+    bulk.handed(10.2, 30)
+    assert bulk.until(10.2, waiting=30) == pytest.approx(10.4)
+    assert bulk.until(10.4, waiting=30) is None
+    bulk.handed(10.21, 30)  # 10 ms after the last: a pause that short never ends a wait
+    assert bulk.until(10.21, waiting=60) == pytest.approx(10.21 + _QUIET_SECONDS)
+    assert bulk.until(10.27, waiting=60) is None
+
+
+def test_a_lane_stops_waiting_when_the_heavy_load_leaves_its_window() -> None:
+    bulk = _Bulk(events=100, hold=2.0)
+    bulk.handed(0.0, 150)  # written at once
+    bulk.handed(1.5, 10)  # 1.5 s later: no pause yet, but the 150 leave the window at 2 s
+    assert bulk.until(1.5, waiting=10) == pytest.approx(2.0)
+    assert bulk.until(2.0, waiting=10) is None
+
+
+def test_a_store_without_a_bulk_is_never_held() -> None:
+    bulk = _Bulk(events=0, hold=2.0)
+    bulk.handed(1.0, 1_000_000)
+    assert bulk.until(1.0, waiting=0) is None
