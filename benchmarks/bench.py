@@ -160,7 +160,13 @@ def section_e2e_envelopes(args: argparse.Namespace) -> dict[str, float]:
     if not publish.batching():
         print("  (the Publisher has no batch_size: skipped)")
         return {}
-    return pipeline.bench_end_to_end(args.events, args.repeat, [publish.ENVELOPE])
+    # Also over ~10 s (`--sustained-events`): how a long catch-up or a heavy load runs, once
+    # the daemon has seen the load (its DuckDB lane then gathers row groups).
+    sizes = [publish.ENVELOPE]
+    figures = pipeline.bench_end_to_end(args.events, args.repeat, sizes)
+    return figures | pipeline.bench_end_to_end(
+        args.sustained_events, args.repeat, sizes, " sustained"
+    )
 
 
 def section_latency(args: argparse.Namespace) -> dict[str, float]:
@@ -411,8 +417,8 @@ def plain(report: Report) -> str:
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
-    keys: tuple[str, ...] = ("events", "repeat", "workers", "tasks", "samples", "rate")
-    keys += ("latency_seconds",)
+    keys: tuple[str, ...] = ("events", "sustained_events", "repeat", "workers", "tasks")
+    keys += ("samples", "rate", "latency_seconds")
     keys += ("rebuild_events", "rebuild_batch_size", "quick")
     return {k: getattr(args, k) for k in keys}
 
@@ -452,6 +458,7 @@ def _write(report: Report, out: Path) -> None:
 
 QUICK = {
     "events": 2000,
+    "sustained_events": 2000,
     "repeat": 1,
     "workers": 1000,
     "tasks": 5000,
@@ -469,6 +476,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--only", action="append", choices=list(SECTIONS), help="run this section (repeatable)"
     )
     parser.add_argument("--events", type=int, default=200_000, help="decode, fold, publish, e2e")
+    parser.add_argument(
+        "--sustained-events", type=int, default=1_000_000, help="e2e-envelopes, sustained"
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median)")
     parser.add_argument("--workers", type=int, default=100_000, help="queries and memory")
     parser.add_argument("--tasks", type=int, default=1_000_000, help="queries and memory")

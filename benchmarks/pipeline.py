@@ -72,10 +72,10 @@ async def _once(url: str, stream: str, events: int, batch_size: int, tmp: Path) 
 
 
 def bench_end_to_end(
-    events: int, repeat: int, sizes: Sequence[int] | None = None
+    events: int, repeat: int, sizes: Sequence[int] | None = None, suffix: str = ""
 ) -> dict[str, float]:
     """Events/s per batch size (default: 1, and the envelope size when the Publisher batches),
-    the median of ``repeat`` runs, each on a fresh stream."""
+    the median of ``repeat`` runs, each on a fresh stream; ``suffix`` ends each figure's name."""
     figures = {}
     with tempfile.TemporaryDirectory() as tmp, EmbeddedNats(Path(tmp) / "nats") as server:
         for size in sizes or publish.batch_sizes():
@@ -83,7 +83,7 @@ def bench_end_to_end(
                 anyio.run(_once, server.url, f"E2E{size}X{i}", events, size, Path(tmp))
                 for i in range(repeat)
             ]
-            figures[f"end to end b{size}"] = statistics.median(rates)
+            figures[f"end to end b{size}{suffix}"] = statistics.median(rates)
     return figures
 
 

@@ -21,6 +21,8 @@ EXPECTED = [
     "fold duckdb",
     "publish b1",
     "end to end b1",
+    "end to end b100",
+    "end to end b100 sustained",
     "latency p50",
     "latency p99",
     "latency p50 memory",
