@@ -646,6 +646,7 @@ class _Bulk:
 
     def handed(self, now: float, events: int) -> None:
         """A batch of ``events`` was handed over at ``now``."""
+        self._forget(now)
         self._handed.append((now, events))
         self._handed_events += events
         self._sent = (self._sent[1], now)
@@ -655,15 +656,19 @@ class _Bulk:
         (Asked again after each batch handed over, and at that time.)"""
         if waiting >= self.events:
             return None
-        handed = self._handed
-        while handed and handed[0][0] <= now - self.hold:
-            self._handed_events -= handed.popleft()[1]
+        self._forget(now)
         if self._handed_events < self.events:
             return None
         before, last = self._sent
         quiet = last + max(2 * (last - before), _QUIET_SECONDS)
-        until = min(quiet, handed[0][0] + self.hold)  # or when the load may have dropped
+        until = min(quiet, self._handed[0][0] + self.hold)  # or when the load may drop
         return until if now < until else None
+
+    def _forget(self, now: float) -> None:
+        """Batches handed over more than ``hold`` seconds ago no longer count."""
+        handed = self._handed
+        while handed and handed[0][0] <= now - self.hold:
+            self._handed_events -= handed.popleft()[1]
 
 
 def _joined(batches: list[Batch]) -> Batch:

@@ -211,3 +211,11 @@ def test_a_store_without_a_bulk_is_never_held() -> None:
     bulk = _Bulk(events=0, hold=2.0)
     bulk.handed(1.0, 1_000_000)
     assert bulk.until(1.0, waiting=0) is None
+
+
+def test_a_lane_remembers_only_the_batches_of_the_last_hold_seconds() -> None:
+    """A daemon runs for months: what the lane counts must not grow with what it handed."""
+    bulk = _Bulk(events=100, hold=2.0)
+    for second in range(10_000):
+        bulk.handed(float(second), 1000)  # never asked: the lane was always behind
+    assert len(bulk._handed) == 2  # its whole memory
