@@ -629,7 +629,7 @@ class _Bulk:
 
     DuckDB writes a transaction of a row group or more straight to the file, and a smaller one
     through its write-ahead log and again at a checkpoint: end to end into both stores ran
-    1.45x faster when its lane gathered row groups (benchmarks/HISTORY.md, session 22). So
+    1.37-1.45x faster when its lane gathered row groups (benchmarks/HISTORY.md, session 22). So
     while ``events`` or more were handed over in the last ``hold`` seconds (a heavy load), the
     lane waits for that many, as long as batches keep coming (none for twice the time between
     the last two, and at least :data:`_QUIET_SECONDS`: the load is over). At a lighter load
@@ -642,14 +642,12 @@ class _Bulk:
         self.hold = hold
         self._handed: deque[tuple[float, int]] = deque()  # (when, events) in the last hold s
         self._handed_events = 0
-        self._sent = (-math.inf, -math.inf)  # when the last two batches were handed over
 
     def handed(self, now: float, events: int) -> None:
         """A batch of ``events`` was handed over at ``now``."""
         self._forget(now)
         self._handed.append((now, events))
         self._handed_events += events
-        self._sent = (self._sent[1], now)
 
     def until(self, now: float, waiting: int) -> float | None:
         """Until when to wait for more, with ``waiting`` events waiting; None: write now.
@@ -659,9 +657,11 @@ class _Bulk:
         self._forget(now)
         if self._handed_events < self.events:
             return None
-        before, last = self._sent
+        # Two batches at least: the window holds more than the waiting ones, the last of them.
+        handed = self._handed
+        before, last = handed[-2][0], handed[-1][0]
         quiet = last + max(2 * (last - before), _QUIET_SECONDS)
-        until = min(quiet, self._handed[0][0] + self.hold)  # or when the load may drop
+        until = min(quiet, handed[0][0] + self.hold)  # or when the load may drop
         return until if now < until else None
 
     def _forget(self, now: float) -> None:
