@@ -107,9 +107,10 @@ class _TaskRecord:
 
     def apply(self, event: ev.Event) -> None:
         kind = type(event)
-        hint = self.hint
-        if event.pool is not None and (hint is None or _newer(hint, event)):  # type: ignore[attr-defined]
-            self.hint = event
+        if self.submitted is None:  # the hint stands in for it until then, and never after
+            hint = self.hint
+            if event.pool is not None and (hint is None or _newer(hint, event)):  # type: ignore[attr-defined]
+                self.hint = event
         at = event.at
         if self.updated_at is None or at > self.updated_at:  # type: ignore[operator]
             self.updated_at = at
@@ -267,7 +268,7 @@ class _TaskRecord:
     def retained(self) -> list[ev.Event]:
         """The events this record still depends on; folding them alone rebuilds it.
 
-        The pool hint is usually one of the others (``task.submitted``): it is kept once.
+        The pool hint counts only without a ``task.submitted``, and is kept once.
         """
         sub, end, prog, hint = self.submitted, self.terminal, self.progress, self.hint
         kept: list[ev.Event] = [*self.marks.values(), *self.retries.values()]
@@ -277,8 +278,8 @@ class _TaskRecord:
             kept.append(end)
         if prog is not None:
             kept.append(prog)
-        others = hint is sub or hint is prog or hint is end
-        if hint is not None and not others and hint.id not in self.marks:
+        others = hint is prog or hint is end
+        if sub is None and hint is not None and not others and hint.id not in self.marks:
             kept.append(hint)
         return kept
 
