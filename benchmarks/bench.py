@@ -110,6 +110,9 @@ def section_fold(args: argparse.Namespace) -> dict[str, float]:
 
     items = run.history(args.events)
     figures = run.bench_fold_ledger(items, args.repeat) | run.bench_fold_memory(items, args.repeat)
+    # What a daemon's in-memory store is handed under a heavy load of envelopes of 100
+    loaded = run.load_batch(items)
+    figures |= run.bench_fold_memory(items, args.repeat, loaded, f"fold memory b{loaded}")
     figures |= run.bench_fold_duckdb(items, args.repeat)
     return figures | _extra("duckdb_apply", args, events=args.events)
 
