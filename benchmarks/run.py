@@ -34,7 +34,7 @@ from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
-BATCH = 5000  # the daemon's max_batch: what a store is handed at once under load
+BATCH = 5000  # the daemon's max_batch (messages): a store's batch under load, one event a message
 # A daemon folds under these collector thresholds (ProjectorConfig.gc_thresholds): the folds
 # are timed under them too, not under CPython's default of a collection every 700 objects.
 DAEMON_GC = ProjectorConfig().gc_thresholds
