@@ -206,6 +206,28 @@ def test_the_retained_events_of_a_state_fold_back_into_that_state(
     assert model(retained).workers == store.read_model().workers
 
 
+def test_the_pool_hint_is_retained_only_while_no_submission_is_known() -> None:
+    """A task's pool hint (its latest event naming a pool) stands in for ``task.submitted``
+    until one is known: a snapshot keeps it until then, and not after."""
+    hinting = ev.TaskProgress(task="t", pool="p", progress=0.5, **at(1))
+    later = ev.TaskProgress(task="t", progress=0.9, **at(2))  # the progress kept: no pool
+
+    unsubmitted = fold([hinting, later])
+    assert hinting in unsubmitted._ledger.retained_events()
+    view = unsubmitted.task("t")
+    assert view is not None
+    assert view.pool == "p"
+
+    history = [ev.TaskSubmitted(task="t", pool="s", queue="r", **at(0)), hinting, later]
+    submitted = fold(history)
+    retained = submitted._ledger.retained_events()
+    assert hinting not in retained
+    assert model(retained).tasks == submitted.read_model().tasks
+    view = submitted.task("t")
+    assert view is not None
+    assert (view.pool, view.queue) == ("s", "r")
+
+
 def test_slot_intervals_split_at_retries_and_end_at_the_terminal_event() -> None:
     """Each stretch runs from its first claim to the retry or terminal event that ends it."""
     store = fold(
