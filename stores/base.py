@@ -84,6 +84,12 @@ class Store(Protocol):
     Reads never block writes for long and never see half a batch. Queries that depend on time
     take ``now`` explicitly; nothing in a store reads the clock.
 
+    Two optional class attributes tell the daemon how to feed a store: ``blocking = True``
+    (its ``apply`` does I/O, so it runs in a thread of its own, behind the in-memory stores)
+    and ``bulk_events`` (how many events it writes best at once: under a heavy load its
+    thread waits for that many; :class:`~workledger.stores.duckdb.DuckDBStore` names a row
+    group). A store without them is applied inline, batch by batch.
+
     :raises StoreError: when the backing storage fails.
     """
 
