@@ -7,12 +7,12 @@ task (tests/test_duckdb_derive_*.py and the store contract suite hold them to th
 :func:`derive` brings the tables from one checkpoint to another. It rewrites the rows of each
 task, worker, pool and queue named by an event after the first, from that entity's events.
 A task's are read from ``events`` (nearly every task event counts, so a copy would be most of
-the log again). A worker's are mostly heartbeats, claims and starts that no longer count, so
-workers, and pools and queues, keep ``retained``: per entity, the events its rows still
-depend on. For a worker that is every event but its earlier heartbeats, claims and starts. A
-superset of what the fold keeps, it folds into the same state, because the fold is a join over
-sets of events. From checkpoint 0 it derives everything from ``events`` alone (a rebuild, an
-upgrade).
+the log again), from where its events begin (``task_spans``). A worker's are mostly
+heartbeats, claims and starts that no longer count, so workers, and pools and queues, keep
+``retained``: per entity, the events its rows still depend on. For a worker that is every
+event but its earlier heartbeats, claims and starts. A superset of what the fold keeps, it
+folds into the same state, because the fold is a join over sets of events. From checkpoint 0
+it derives everything from ``events`` alone (a rebuild, an upgrade).
 """
 
 from __future__ import annotations
@@ -27,7 +27,14 @@ from workledger.stores import _duckdb_derive_tasks as tasks
 from workledger.stores import _duckdb_schema as schema
 from workledger.stores._duckdb_derive_workers import worker_sessions_select, workers_select
 
-__all__ = ["FAMILIES", "derive", "pools_select", "queues_select", "restore_settings"]
+__all__ = [
+    "FAMILIES",
+    "derive",
+    "fill_task_spans",
+    "pools_select",
+    "queues_select",
+    "restore_settings",
+]
 
 Select = Callable[[str], str]
 
@@ -103,14 +110,17 @@ class Family(NamedTuple):
     stage: Callable[[str], dict[str, str]] = lambda _events: {}
 
 
+_TASK_READS = "task IS NOT NULL AND starts_with(type, 'task.')"
+
 FAMILIES = (
     Family(
         "task",
-        "task IS NOT NULL AND starts_with(type, 'task.')",
+        _TASK_READS,
         "task",
         (
             (schema.TASKS, lambda _events: tasks.tasks_select()),
             (schema.SLOT_INTERVALS, lambda _events: tasks.slot_intervals_select()),
+            (schema.TASK_SPANS, lambda _events: tasks.task_spans_select()),
         ),
         None,
         tasks.stage,
@@ -205,6 +215,19 @@ def _derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> No
         cursor.execute(f"DROP TABLE IF EXISTS {name}")
 
 
+def fill_task_spans(cursor: duckdb.DuckDBPyConnection) -> None:
+    """``task_spans`` for a file of schema 5 or 6, whose tables are derived but had none:
+    from its events up to the checkpoint they were derived to (a later event is fresh to the
+    next derivation, which writes its task's span)."""
+    cursor.execute(
+        f"""INSERT INTO {schema.TASK_SPANS.name} BY NAME
+        SELECT task, min(seq) AS first_seq, c.materialized AS {schema.BATCH_SEQ}
+        FROM events, checkpoint AS c
+        WHERE c.schema_version IN (5, 6) AND seq <= c.materialized AND {_TASK_READS}
+        GROUP BY task, c.materialized"""  # noqa: S608
+    )
+
+
 def _all_of(cursor: duckdb.DuckDBPyConnection, family: Family) -> str:
     """Every event of the family (deriving from checkpoint 0), as a relation.
 
@@ -233,11 +256,12 @@ def _copy_events(cursor: duckdb.DuckDBPyConnection, where: str) -> None:
 
 def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, str] | None:
     """The family's entities named by ``wl_fresh``, and their events: all of them in
-    ``events``, or those retained for them and the fresh ones (retained ones are all at or
-    before the last derivation's checkpoint, so no row is in both). An event delivered twice
-    is two rows, which the selects, like the fold, count once. Returns that relation and the
-    condition naming the entities, or None when ``wl_fresh`` names none: a derivation's cost
-    is mostly per statement, and most derivations change no pool or queue."""
+    ``events`` (tasks: :func:`_since_first`), or those retained for them and the fresh ones
+    (retained ones are all at or before the last derivation's checkpoint, so no row is in
+    both). An event delivered twice is two rows, which the selects, like the fold, count once.
+    Returns that relation and the condition naming the entities' rows, or None when
+    ``wl_fresh`` names none: a derivation's cost is mostly per statement, and most
+    derivations change no pool or queue."""
     keys, reads = family.keys, family.reads
     created = cursor.execute(
         f"CREATE OR REPLACE TEMP TABLE wl_touched AS "  # noqa: S608
@@ -247,13 +271,32 @@ def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, st
         return None
     touched = f"({keys}) IN (SELECT ({keys}) FROM wl_touched)"  # noqa: S608
     if family.retained is None:
-        _copy_events(cursor, f"{reads} AND {touched}")
-    else:
-        cursor.execute(
-            f"""CREATE OR REPLACE TEMP TABLE wl_events AS
-            SELECT * EXCLUDE (kind, {schema.BATCH_SEQ}) FROM retained
-            WHERE kind = '{family.name}' AND {touched}
-            UNION ALL BY NAME
-            SELECT * FROM wl_fresh WHERE {reads}"""  # noqa: S608
-        )
+        return "wl_events", _since_first(cursor, reads, touched)
+    cursor.execute(
+        f"""CREATE OR REPLACE TEMP TABLE wl_events AS
+        SELECT * EXCLUDE (kind, {schema.BATCH_SEQ}) FROM retained
+        WHERE kind = '{family.name}' AND {touched}
+        UNION ALL BY NAME
+        SELECT * FROM wl_fresh WHERE {reads}"""  # noqa: S608
+    )
     return "wl_events", touched
+
+
+def _since_first(cursor: duckdb.DuckDBPyConnection, reads: str, touched: str) -> str:
+    """``wl_events`` for the touched tasks, and the condition naming their rows to replace.
+
+    A task's events begin at its ``task_spans.first_seq``, and its rows were written by a
+    derivation at or after it (``batch_seq``): read from the earliest of the touched tasks',
+    both skip every row group before it by its min and max, where a random task id (a
+    uuid's) leaves a join on the id nothing to skip, and each read grew with the log.
+    A task not in ``task_spans`` has all its events among the fresh ones and no rows yet.
+    """
+    found = cursor.execute(
+        f"SELECT min(first_seq) FROM {schema.TASK_SPANS.name} WHERE {touched}"  # noqa: S608
+    ).fetchone()
+    first = found[0] if found else None
+    if first is None:  # every task the fresh events name is new
+        cursor.execute(f"CREATE OR REPLACE TEMP TABLE wl_events AS FROM wl_fresh WHERE {reads}")
+        return "false"
+    _copy_events(cursor, f"seq >= {first} AND {reads} AND {touched}")
+    return f"{schema.BATCH_SEQ} >= {first} AND {touched}"

@@ -25,7 +25,7 @@ from workledger.core import events as ev
 from workledger.projections.views import TaskStatus
 from workledger.stores import _duckdb_schema as schema
 
-__all__ = ["slot_intervals_select", "stage", "tasks_select"]
+__all__ = ["slot_intervals_select", "stage", "task_spans_select", "tasks_select"]
 
 
 def _tag(kind: type[ev.Event]) -> str:
@@ -71,7 +71,8 @@ WITH newest AS (
         max({{{_NEWER}, 'type': type}}) FILTER (WHERE type IN ({_TERMINALS})) AS term,
         max({{{_NEWER}}}) FILTER (WHERE type = {_PROGRESS}) AS report,
         max({{{_NEWER}}}) FILTER (WHERE type = {_RETRYING}) AS retry,
-        max("at") AS updated_at
+        max("at") AS updated_at,
+        min(seq) AS first_seq
     FROM {task_events}
     GROUP BY task
 ),
@@ -79,7 +80,7 @@ registers AS (
     -- What the view reads of each register's JSON, read once here: the rest of it is not
     -- carried further. _TaskRecord._error: failed.error, crashed.reason, else the latest
     -- retry's error.
-    SELECT task, updated_at, sub IS NULL AS unsubmitted, sub.at AS submitted_at,
+    SELECT task, updated_at, first_seq, sub IS NULL AS unsubmitted, sub.at AS submitted_at,
         sub.pool, sub.queue, json_transform(sub.json, '{_SUBMITTED_FIELDS}') AS submitted,
         CASE WHEN term IS NOT NULL THEN {{'at': term.at, 'id': term.id, 'type': term.type}} END
             AS term,
@@ -100,7 +101,7 @@ hints AS (
 )
 -- _TaskRecord._placement: pool, queue, task key and stage from task.submitted, else pool and
 -- queue from the latest hint (no key, no stage); the terminal's status; the progress.
-SELECT task, submitted_at, term, term_error, retry_error, updated_at,
+SELECT task, submitted_at, term, term_error, retry_error, updated_at, first_seq,
     CASE WHEN unsubmitted THEN hint.pool ELSE pool END AS pool,
     CASE WHEN unsubmitted THEN hint.queue ELSE queue END AS queue,
     submitted,
@@ -248,6 +249,11 @@ LEFT JOIN retried AS r USING (task)
 -- _TaskRecord._stretch: the claims and starts strictly after the latest retry by ("at", id)
 -- (bisect_right) are the last stretch, the one after every retry. No row: it is empty.
 LEFT JOIN {STRETCHES} AS s ON s.task = p.task AND s.stretch = coalesce(r.retries, 0)"""  # noqa: S608
+
+
+def task_spans_select() -> str:
+    """The ``task_spans`` table's rows (no ``batch_seq``): where each task's events begin."""
+    return f"SELECT task, first_seq FROM {PLACED}"  # noqa: S608 (our table name)
 
 
 # _release: the stretch's retry when there is no terminal or the terminal is after it.

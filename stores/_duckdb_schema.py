@@ -28,6 +28,7 @@ __all__ = [
     "SLOT_INTERVALS",
     "TABLES",
     "TASKS",
+    "TASK_SPANS",
     "VIEWS",
     "WORKERS",
     "WORKER_SESSIONS",
@@ -36,8 +37,9 @@ __all__ = [
 
 # 2: workers.lost; 3: events.idx, batch_seq, no primary keys; 4: checkpoint.materialized, folded;
 # 5: tables derived in SQL, ``retained`` instead of ``fold_state`` (and checkpoint.folded);
-# 6: no task events in ``retained`` (a task's rows are derived from ``events``)
-SCHEMA_VERSION = 6
+# 6: no task events in ``retained`` (a task's rows are derived from ``events``);
+# 7: ``task_spans`` (where each task's events begin, so a derivation reads only the log since)
+SCHEMA_VERSION = 7
 
 
 class _Type(NamedTuple):
@@ -144,6 +146,11 @@ TASKS = Table(
     },
     entity=("task",),
 )
+
+# Per task, the sequence of its first event in ``events``: a live derivation reads a touched
+# task's events from there on, and finds its rows in the tables written since (``batch_seq``
+# is at least that), so both reads skip the row groups before it by their min and max seq.
+TASK_SPANS = Table("task_spans", {"task": _TEXT, "first_seq": _BIGINT}, entity=("task",))
 
 WORKERS = Table(
     "workers",
@@ -254,6 +261,7 @@ CHECKPOINT = Table(
 TABLES = (
     EVENTS,
     TASKS,
+    TASK_SPANS,
     WORKERS,
     SLOT_INTERVALS,
     WORKER_SESSIONS,

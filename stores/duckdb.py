@@ -55,7 +55,7 @@ from workledger.projections.views import (
 from workledger.stores import _duckdb_rows as rows
 from workledger.stores import _duckdb_schema as schema
 from workledger.stores._duckdb_copy import publish_copy
-from workledger.stores._duckdb_derive import derive, restore_settings
+from workledger.stores._duckdb_derive import derive, fill_task_spans, restore_settings
 from workledger.stores._duckdb_utilization import utilization_sql
 from workledger.stores.base import Batch, ReadModel, StoreStats
 
@@ -526,6 +526,7 @@ def _create_schema(cursor: duckdb.DuckDBPyConnection) -> None:
     cursor.execute(
         "DELETE FROM retained WHERE kind = 'task' AND (SELECT schema_version FROM checkpoint) < 6"
     )
+    fill_task_spans(cursor)  # schemas 5 and 6 had none
     cursor.execute(
         "UPDATE checkpoint SET schema_version = ? WHERE schema_version < ?",
         [schema.SCHEMA_VERSION, schema.SCHEMA_VERSION],
@@ -539,7 +540,7 @@ def _create_schema(cursor: duckdb.DuckDBPyConnection) -> None:
 
 
 # Older files are read as they are and upgraded when opened for writing.
-_READABLE_VERSIONS = frozenset({3, 4, 5, schema.SCHEMA_VERSION})
+_READABLE_VERSIONS = frozenset({3, 4, 5, 6, schema.SCHEMA_VERSION})
 
 
 class _Write:

@@ -561,16 +561,17 @@ def test_a_retry_and_a_claim_delivered_again_count_once(path: Path) -> None:
         assert store.read_model() == reference(batches[:1]).read_model()
 
 
-@pytest.mark.parametrize("version", [3, 4, 5])
+@pytest.mark.parametrize("version", [3, 4, 5, 6])
 def test_an_older_file_is_read_as_it_is_and_upgraded_when_written(path: Path, version: int) -> None:
     """Version 3 lacked ``checkpoint.materialized``; 4 kept the Python fold's ``fold_state``
     (and ``checkpoint.folded``) instead of ``retained``: written, their tables are derived
-    again from ``events``. 5 also kept task events in ``retained``: they are dropped. All
-    read as they are."""
+    again from ``events``. 5 also kept task events in ``retained``: they are dropped. None
+    had ``task_spans``: 5 and 6 get theirs from ``events``. All read as they are."""
     with DuckDBStore(path) as store:
         store.apply(batch(fleet()))
         model = store.read_model()
     with duckdb.connect(str(path)) as con:
+        con.execute("DROP TABLE task_spans")
         if version == 5:
             con.execute("INSERT INTO retained BY NAME SELECT *, 'task' AS kind FROM events")
         else:
@@ -590,7 +591,13 @@ def test_an_older_file_is_read_as_it_is_and_upgraded_when_written(path: Path, ve
         writer.apply(more)
         assert writer.read_model() == reference([batch(fleet()), more]).read_model()
     with duckdb.connect(str(path), read_only=True) as con:
-        assert con.execute("SELECT schema_version FROM checkpoint").fetchone() == (6,)
+        assert con.execute("SELECT schema_version FROM checkpoint").fetchone() == (7,)
+        spans = "SELECT task, first_seq FROM task_spans ORDER BY task"
+        firsts = (
+            "SELECT task, min(seq) FROM events WHERE task IS NOT NULL "
+            "AND starts_with(type, 'task.') GROUP BY task ORDER BY task"
+        )
+        assert con.execute(spans).fetchall() == con.execute(firsts).fetchall() != []
         tables = {
             name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
         }
@@ -664,6 +671,38 @@ def test_a_batch_replaces_only_the_rows_of_what_it_touched(path: Path) -> None:
             assert total == distinct > 0
         last = con.execute("SELECT max(batch_seq) FROM tasks").fetchone()
     assert last == (max(i for i, e in enumerate(history, 1) if hasattr(e, "task")),)
+
+
+def test_a_task_named_again_long_after_is_derived_from_all_its_events(path: Path) -> None:
+    """A live derivation reads a known task's events from its first one (``task_spans``),
+    and replaces its rows however many derivations ago they were written; a task first named
+    in a batch beside it reads only the batch."""
+    old = [
+        ev.TaskSubmitted(task="old", pool="p", queue="q", **at(0)),
+        ev.TaskClaimed(task="old", worker="w", **at(1)),
+    ]
+    later = [[ev.TaskSubmitted(task=f"t{i}", pool="p", queue="q", **at(10 + i))] for i in range(20)]
+    last = [
+        ev.TaskCompleted(task="old", **at(40)),
+        ev.TaskSubmitted(task="new", pool="p", queue="q", **at(41)),
+    ]
+    batches, seq = [], 1
+    for events in [old, *later, last]:
+        batches.append(batch(events, seq))
+        seq += len(events)
+    with DuckDBStore(path, materialize_every=0) as store:  # derived with every batch
+        for each in batches:
+            store.apply(each)
+        assert store.read_model() == reference(batches).read_model()
+        assert store.task("old") == reference(batches).task("old")
+    with duckdb.connect(str(path), read_only=True) as con:
+        spans = dict(con.execute("SELECT task, first_seq FROM task_spans").fetchall())
+        assert (spans["old"], spans["t0"], spans["new"]) == (1, 3, seq - 1)
+        for table in ("tasks", "task_spans"):
+            counted = con.execute(f"SELECT count(*), count(DISTINCT task) FROM {table}")
+            assert counted.fetchone() == (22, 22)
+        intervals = con.execute("SELECT count(*) FROM slot_intervals WHERE task = 'old'")
+        assert intervals.fetchone() == (1,)
 
 
 @pytest.mark.parametrize("bulk", [True, False])
