@@ -191,6 +191,11 @@ def section_rebuild(args: argparse.Namespace) -> dict[str, float]:
     return rebuild.bench_rebuild(args.rebuild_events, args.rebuild_dir, args.rebuild_batch_size)
 
 
+def section_growth(args: argparse.Namespace) -> dict[str, float]:
+    """A live derivation on a file of ``--events`` events and on one ten times as long."""
+    return _extra("derive_growth", args, small=args.events, large=10 * args.events)
+
+
 def section_memory(args: argparse.Namespace) -> dict[str, float]:
     import memory  # noqa: PLC0415
 
@@ -208,6 +213,7 @@ SECTIONS: dict[str, Section] = {
     "latency": section_latency,
     "queries": section_queries,
     "rebuild": section_rebuild,
+    "growth": section_growth,
     "memory": section_memory,
 }
 
