@@ -154,8 +154,10 @@ def derive(
     cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int, *, alone: bool = False
 ) -> None:
     """Bring every derived table and ``retained`` from checkpoint ``since`` to ``batch_seq``
-    (``since=0``: derive them all again from ``events``). Runs in the caller's transaction;
-    the rows it writes get ``batch_seq``.
+    (``since=0``: derive them all again from ``events``). Runs in the caller's transaction,
+    which must see no event after ``batch_seq`` (each caller derives to the checkpoint its
+    transaction sees); the rows it writes get ``batch_seq``, which is then at least the first
+    ``seq`` of every task they are of (:func:`_since_first` relies on it).
 
     ``alone``: nothing else writes to the database meanwhile. Only then is DuckDB's
     ``preserve_insertion_order`` dropped while deriving (12-14% less CPU deriving 10M events):
