@@ -606,6 +606,37 @@ def test_an_older_file_is_read_as_it_is_and_upgraded_when_written(path: Path, ve
         assert kept == (0,)
 
 
+def test_a_schema_6_file_killed_before_its_last_derivation_gets_its_spans_and_carries_on(
+    path: Path,
+) -> None:
+    """Schema 6 had no ``task_spans``: a file whose daemon died with events its tables do not
+    show yet gets spans only for what they show, and the derivation of the rest, and of later
+    batches, gives the reference's tables and every task's first sequence."""
+    tasks = [e for e in fleet() if hasattr(e, "task")]  # none of them in fleet_history's
+    first, second = batch(fleet_history(60)), batch(tasks[:6], 61)
+    store = DuckDBStore(path, materialize_every=3600)
+    store.apply(first)
+    store.pools()  # a read writes the tables: up to the first batch
+    store.apply(second)
+    store._release()  # killed: the second batch, new tasks only, is in ``events`` only
+    with duckdb.connect(str(path)) as con:
+        con.execute("DROP TABLE task_spans")
+        con.execute("UPDATE checkpoint SET schema_version = 6")
+    more = [batch(tasks[6:9], 67), batch(tasks[9:], 70)]  # the second batch's tasks again
+    with DuckDBStore(path, materialize_every=0) as writer:
+        assert writer.read_model() == reference([first, second]).read_model()
+        for each in more:
+            writer.apply(each)
+        assert writer.read_model() == reference([first, second, *more]).read_model()
+    with duckdb.connect(str(path), read_only=True) as con:
+        spans = con.execute("SELECT task, first_seq FROM task_spans ORDER BY task").fetchall()
+        firsts = con.execute(
+            "SELECT task, min(seq) FROM events WHERE task IS NOT NULL "
+            "AND starts_with(type, 'task.') GROUP BY task ORDER BY task"
+        ).fetchall()
+    assert spans == firsts != []
+
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "duckdb.md"
 
 
