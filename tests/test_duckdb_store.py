@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import msgspec
@@ -592,12 +593,8 @@ def test_an_older_file_is_read_as_it_is_and_upgraded_when_written(path: Path, ve
         assert writer.read_model() == reference([batch(fleet()), more]).read_model()
     with duckdb.connect(str(path), read_only=True) as con:
         assert con.execute("SELECT schema_version FROM checkpoint").fetchone() == (7,)
-        spans = "SELECT task, first_seq FROM task_spans ORDER BY task"
-        firsts = (
-            "SELECT task, min(seq) FROM events WHERE task IS NOT NULL "
-            "AND starts_with(type, 'task.') GROUP BY task ORDER BY task"
-        )
-        assert con.execute(spans).fetchall() == con.execute(firsts).fetchall() != []
+        spans, firsts = _spans_and_first_seqs(con)
+        assert spans == firsts != []
         tables = {
             name for (name,) in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
         }
@@ -629,12 +626,18 @@ def test_a_schema_6_file_killed_before_its_last_derivation_gets_its_spans_and_ca
             writer.apply(each)
         assert writer.read_model() == reference([first, second, *more]).read_model()
     with duckdb.connect(str(path), read_only=True) as con:
-        spans = con.execute("SELECT task, first_seq FROM task_spans ORDER BY task").fetchall()
-        firsts = con.execute(
-            "SELECT task, min(seq) FROM events WHERE task IS NOT NULL "
-            "AND starts_with(type, 'task.') GROUP BY task ORDER BY task"
-        ).fetchall()
+        spans, firsts = _spans_and_first_seqs(con)
     assert spans == firsts != []
+
+
+def _spans_and_first_seqs(con: duckdb.DuckDBPyConnection) -> tuple[list[Any], list[Any]]:
+    """``task_spans``' rows, and each task's first sequence in ``events``, both by task."""
+    spans = con.execute("SELECT task, first_seq FROM task_spans ORDER BY task").fetchall()
+    firsts = con.execute(
+        "SELECT task, min(seq) FROM events WHERE task IS NOT NULL "
+        "AND starts_with(type, 'task.') GROUP BY task ORDER BY task"
+    ).fetchall()
+    return spans, firsts
 
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "duckdb.md"
