@@ -359,19 +359,49 @@ async def stream_info(js: JetStreamContext, config: LogConfig) -> StreamInfo:
         return await js.stream_info(config.stream)
 
 
+# While a cluster forms, JetStream does not answer yet (no meta leader: a timeout), or says it
+# is "temporarily unavailable" (10008) or has "no suitable peers" for the replicas (10005: a
+# peer not yet seen online). A daemon started beside its NATS nodes waits that out.
+_FORMING_CODES = frozenset({10005, 10008})
+_FORMING_PATIENCE = 30.0  # seconds, then the last answer is the error
+_FORMING_PAUSE = 0.5
+
+
 async def ensure_stream(js: JetStreamContext, config: LogConfig) -> None:
     """Create the stream, or check an existing one covers our subjects and apply our limits.
+    Retried for a while as long as JetStream answers as a cluster still forming does.
 
-    :raises LogError: if an existing stream (ours or another) claims conflicting subjects.
+    :raises LogError: if an existing stream (ours or another) claims conflicting subjects,
+        or JetStream refuses the stream, or still does not answer after the wait.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + _FORMING_PATIENCE
     with translated(f"creating stream {config.stream!r}"):
-        try:
-            info = await js.stream_info(config.stream)
-        except nats.js.errors.NotFoundError:
-            await js.add_stream(_stream_config(config))
-            _log.info("created stream %s for %s", config.stream, config.subjects)
-            return
-        await _reconcile(js, info.config, config)
+        while True:
+            try:
+                return await _create_or_reconcile(js, config)
+            except (TimeoutError, nats.js.errors.APIError) as exc:  # nats-py's timeouts too
+                forming = not isinstance(exc, nats.js.errors.APIError) or (
+                    exc.err_code in _FORMING_CODES
+                )
+                if not forming or loop.time() >= deadline:
+                    raise
+                _log.warning(
+                    "stream %s not ready (%s): the cluster may still be forming, trying again",
+                    config.stream,
+                    describe(exc),
+                )
+                await asyncio.sleep(_FORMING_PAUSE)
+
+
+async def _create_or_reconcile(js: JetStreamContext, config: LogConfig) -> None:
+    try:
+        info = await js.stream_info(config.stream)
+    except nats.js.errors.NotFoundError:
+        await js.add_stream(_stream_config(config))
+        _log.info("created stream %s for %s", config.stream, config.subjects)
+        return
+    await _reconcile(js, info.config, config)
 
 
 def _stream_config(config: LogConfig) -> StreamConfig:

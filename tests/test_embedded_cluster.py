@@ -54,3 +54,26 @@ def test_a_port_taken_before_the_first_start_moves_the_whole_cluster(tmp_path: P
             ]
             assert route.cluster_port not in {p for trio in ports for p in trio}
             assert all(node.running for node in cluster.nodes)
+
+
+@pytest.mark.anyio
+async def test_the_stream_is_created_once_a_cluster_still_forming_answers(
+    tmp_path: Path,
+) -> None:
+    """Nodes just started, each ready alone: JetStream has no meta leader yet and does not
+    answer. Creating the stream waits for it (a daemon started beside its NATS nodes) instead
+    of failing."""
+    cluster = EmbeddedCluster(tmp_path)
+    try:
+        for node in cluster.nodes:
+            node.start()  # not cluster.start(), which waits for the meta leader
+        config = LogConfig(servers=cluster.urls, stream="R3", replicas=3, reconnect_wait=0.1)
+        nc = await connect(config)
+        try:
+            await ensure_stream(nc.jetstream(), config)
+            info = await stream_info(nc.jetstream(), config)
+        finally:
+            await nc.close()
+        assert info.config.num_replicas == 3
+    finally:
+        cluster.stop()
