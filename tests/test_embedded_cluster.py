@@ -6,11 +6,22 @@ import socket
 from pathlib import Path
 
 import pytest
+from nats.js.api import StreamInfo
 
 from workledger.core import events as ev
 from workledger.core.log import LogConfig, connect, ensure_stream, stream_info
 from workledger.core.nats_server import EmbeddedCluster
 from workledger.core.publisher import Publisher
+
+
+async def _ensured(config: LogConfig) -> StreamInfo:
+    """The stream ``ensure_stream`` leaves, as ``stream_info`` reads it."""
+    nc = await connect(config)
+    try:
+        await ensure_stream(nc.jetstream(), config)
+        return await stream_info(nc.jetstream(), config)
+    finally:
+        await nc.close()
 
 
 @pytest.mark.anyio
@@ -20,12 +31,7 @@ async def test_a_three_node_cluster_holds_a_replicated_stream_that_survives_a_no
     """Created with replicas 3 it has three peers; with a follower down it still stores events."""
     with EmbeddedCluster(tmp_path) as cluster:
         config = LogConfig(servers=cluster.urls, stream="R3", replicas=3, reconnect_wait=0.1)
-        nc = await connect(config)
-        try:
-            await ensure_stream(nc.jetstream(), config)
-            info = await stream_info(nc.jetstream(), config)
-        finally:
-            await nc.close()
+        info = await _ensured(config)
         assert info.config.num_replicas == 3
         assert info.cluster is not None
         assert len(info.cluster.replicas or []) == 2, "a leader and two followers"
@@ -68,12 +74,7 @@ async def test_the_stream_is_created_once_a_cluster_still_forming_answers(
         for node in cluster.nodes:
             node.start()  # not cluster.start(), which waits for the meta leader
         config = LogConfig(servers=cluster.urls, stream="R3", replicas=3, reconnect_wait=0.1)
-        nc = await connect(config)
-        try:
-            await ensure_stream(nc.jetstream(), config)
-            info = await stream_info(nc.jetstream(), config)
-        finally:
-            await nc.close()
+        info = await _ensured(config)
         assert info.config.num_replicas == 3
     finally:
         cluster.stop()
