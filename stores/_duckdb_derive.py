@@ -107,10 +107,14 @@ class Family(NamedTuple):
     keys: str
     tables: tuple[tuple[schema.Table, Select], ...]
     retained: Select | None  # None: its entities' events are read from ``events``
-    stage: Callable[[str], dict[str, str]] = lambda _events: {}
+    stage: Callable[[str, bool], dict[str, str]] = lambda _events, _live: {}
 
 
 _TASK_READS = "task IS NOT NULL AND starts_with(type, 'task.')"
+# A task begun within this many events of a derivation's start has its events read by range;
+# one begun before, by the sequences its rows depend on (_since_first). A range of a million
+# events is ~8 row groups.
+_YOUNG = 1_000_000
 
 FAMILIES = (
     Family(
@@ -154,10 +158,9 @@ def derive(
     cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int, *, alone: bool = False
 ) -> None:
     """Bring every derived table and ``retained`` from checkpoint ``since`` to ``batch_seq``
-    (``since=0``: derive them all again from ``events``). Runs in the caller's transaction,
-    which must see no event after ``batch_seq`` (each caller derives to the checkpoint its
-    transaction sees); the rows it writes get ``batch_seq``, which is then at least the first
-    ``seq`` of every task they are of (:func:`_since_first` relies on it).
+    (``since=0``: derive them all again from ``events``). Runs in the caller's transaction;
+    the rows it writes get ``batch_seq``, a task's in every table alike (:func:`_since_first`
+    finds them by it).
 
     ``alone``: nothing else writes to the database meanwhile. Only then is DuckDB's
     ``preserve_insertion_order`` dropped while deriving (12-14% less CPU deriving 10M events):
@@ -188,13 +191,13 @@ def _derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> No
         cursor.execute(f"CREATE OR REPLACE TEMP TABLE wl_fresh AS FROM events WHERE seq > {since}")
     for family in FAMILIES:
         if since > 0:
-            found = _touched(cursor, family)
+            found = _touched(cursor, family, since)
             if found is None:
                 continue  # nothing of the family changed (pools and queues, mostly)
             source, touched = found
         else:
             source, touched = _all_of(cursor, family), "true"
-        staged = family.stage(source)
+        staged = family.stage(source, since > 0)
         for name, statement in staged.items():
             cursor.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {statement}")
         for table, select in family.tables:
@@ -213,20 +216,25 @@ def _derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> No
             )
         for name in staged:
             cursor.execute(f"DROP TABLE {name}")
-    for name in ("wl_fresh", "wl_touched", "wl_events"):  # free what they hold now
+    for name in ("wl_fresh", "wl_touched", "wl_events", "wl_known"):  # free what they hold now
         cursor.execute(f"DROP TABLE IF EXISTS {name}")
 
 
 def fill_task_spans(cursor: duckdb.DuckDBPyConnection) -> None:
     """``task_spans`` for a file of schema 5 or 6, whose tables are derived but had none:
     from its events up to the checkpoint they were derived to (a later event is fresh to the
-    next derivation, which writes its task's span)."""
+    next derivation, which writes its task's span). Each task keeps every one of its events
+    (more than its rows depend on, which folds the same) and its ``tasks`` row's
+    ``batch_seq``, the derivation that wrote its rows."""
     cursor.execute(
         f"""INSERT INTO {schema.TASK_SPANS.name} BY NAME
-        SELECT task, min(seq) AS first_seq, c.materialized AS {schema.BATCH_SEQ}
-        FROM events, checkpoint AS c
-        WHERE c.schema_version IN (5, 6) AND seq <= c.materialized AND {_TASK_READS}
-        GROUP BY task, c.materialized"""  # noqa: S608
+        SELECT e.task, min(e.seq) AS first_seq, list(DISTINCT e.seq) AS kept,
+            coalesce(any_value(t.{schema.BATCH_SEQ}), any_value(c.materialized))
+                AS {schema.BATCH_SEQ}
+        FROM events AS e CROSS JOIN checkpoint AS c LEFT JOIN tasks AS t USING (task)
+        WHERE c.schema_version IN (5, 6) AND e.seq <= c.materialized
+            AND e.task IS NOT NULL AND starts_with(e.type, 'task.')
+        GROUP BY e.task"""  # noqa: S608
     )
 
 
@@ -245,18 +253,21 @@ def _all_of(cursor: duckdb.DuckDBPyConnection, family: Family) -> str:
     return "wl_events"
 
 
-def _copy_events(cursor: duckdb.DuckDBPyConnection, where: str) -> None:
-    """``wl_events``: the events matching ``where``, fetched by row id. A scan that reads
-    payloads decompresses nearly the whole column however few rows it keeps; this one reads
-    the payloads of the rows it keeps (a live derivation of 5,000 events on a 10M-event file
+def _copy_events(cursor: duckdb.DuckDBPyConnection, *where: str) -> None:
+    """``wl_events``: the events matching any of ``where`` (one scan each, so that each can
+    skip row groups by its own bounds), fetched by row id. A scan that reads payloads
+    decompresses nearly the whole column however few rows it keeps; this one reads the
+    payloads of the rows it keeps (a live derivation of 5,000 events on a 10M-event file
     copies the touched tasks' events in 0.07 CPU-s rather than 0.25)."""
+    scans = " UNION ALL ".join(f"SELECT rowid FROM events WHERE {w}" for w in where)  # noqa: S608
     cursor.execute(
-        "CREATE OR REPLACE TEMP TABLE wl_events AS FROM events "  # noqa: S608
-        f"WHERE rowid IN (SELECT rowid FROM events WHERE {where})"
+        f"CREATE OR REPLACE TEMP TABLE wl_events AS FROM events WHERE rowid IN ({scans})"
     )
 
 
-def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, str] | None:
+def _touched(
+    cursor: duckdb.DuckDBPyConnection, family: Family, since: int
+) -> tuple[str, str] | None:
     """The family's entities named by ``wl_fresh``, and their events: all of them in
     ``events`` (tasks: :func:`_since_first`), or those retained for them and the fresh ones
     (retained ones are all at or before the last derivation's checkpoint, so no row is in
@@ -273,7 +284,7 @@ def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, st
         return None
     touched = f"({keys}) IN (SELECT ({keys}) FROM wl_touched)"  # noqa: S608
     if family.retained is None:
-        return "wl_events", _since_first(cursor, reads, touched)
+        return "wl_events", _since_first(cursor, reads, touched, since)
     cursor.execute(
         f"""CREATE OR REPLACE TEMP TABLE wl_events AS
         SELECT * EXCLUDE (kind, {schema.BATCH_SEQ}) FROM retained
@@ -284,21 +295,42 @@ def _touched(cursor: duckdb.DuckDBPyConnection, family: Family) -> tuple[str, st
     return "wl_events", touched
 
 
-def _since_first(cursor: duckdb.DuckDBPyConnection, reads: str, touched: str) -> str:
+def _since_first(cursor: duckdb.DuckDBPyConnection, reads: str, touched: str, since: int) -> str:
     """``wl_events`` for the touched tasks, and the condition naming their rows to replace.
 
-    A task's events begin at its ``task_spans.first_seq``, and its rows were written by a
-    derivation at or after it (``batch_seq``): read from the earliest of the touched tasks',
-    both skip every row group before it by its min and max, where a random task id (a
-    uuid's) leaves a join on the id nothing to skip, and each read grew with the log.
-    A task not in ``task_spans`` has all its events among the fresh ones and no rows yet.
+    A task id (a uuid's) leaves DuckDB no row group to skip by its min and max, so a read by
+    id alone scans a table whole, and grew with the log. ``task_spans`` tells, per known task,
+    where its events begin, the sequences of those its rows depend on, and which derivation
+    last wrote its rows (in ``tasks``, ``slot_intervals`` and ``task_spans`` alike). Its
+    events are then read
+
+    - by range from the earliest first sequence, for tasks begun in the last ``_YOUNG``
+      events (most), and those a derivation from 0 wrote last (it keeps no sequences);
+    - by their kept sequences, for a task begun before (a long one reporting progress, a
+      late event for one long done): a short list, which DuckDB finds by row groups' bounds;
+    - not at all for a task not known yet: all its events are fresh, and it has no rows.
+
+    and its rows are found by their ``batch_seq``, a short list too.
     """
+    cursor.execute(
+        "CREATE OR REPLACE TEMP TABLE wl_known AS SELECT first_seq, kept, "  # noqa: S608
+        f"{schema.BATCH_SEQ} FROM {schema.TASK_SPANS.name} WHERE {touched}"
+    )
     found = cursor.execute(
-        f"SELECT min(first_seq) FROM {schema.TASK_SPANS.name} WHERE {touched}"  # noqa: S608
+        "SELECT count(*), min(first_seq) FILTER "  # noqa: S608
+        f"(WHERE first_seq >= {since - _YOUNG} OR kept IS NULL) FROM wl_known"
     ).fetchone()
-    first = found[0] if found else None
-    if first is None:  # every task the fresh events name is new
+    known, young = found if found else (0, None)
+    if not known:  # every task the fresh events name is new
         cursor.execute(f"CREATE OR REPLACE TEMP TABLE wl_events AS FROM wl_fresh WHERE {reads}")
         return "false"
-    _copy_events(cursor, f"seq >= {first} AND {reads} AND {touched}")
-    return f"{schema.BATCH_SEQ} >= {first} AND {touched}"
+    start = min(young, since + 1) if young is not None else since + 1
+    kept = f"SELECT unnest(kept) FROM wl_known WHERE first_seq < {start}"  # noqa: S608
+    # (a task with no kept sequences, derived from 0 since it was last touched, is in range)
+    _copy_events(
+        cursor,
+        f"seq >= {start} AND {reads} AND {touched}",
+        f"seq < {start} AND seq IN ({kept}) AND {reads} AND {touched}",
+    )
+    written = f"SELECT {schema.BATCH_SEQ} FROM wl_known"  # noqa: S608
+    return f"{schema.BATCH_SEQ} IN ({written}) AND {touched}"

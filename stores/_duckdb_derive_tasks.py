@@ -58,9 +58,19 @@ PLACED, MARKS, RETRIES = "wl_task_placed", "wl_task_marks", "wl_task_retries"
 STRETCHES = "wl_task_stretches"
 
 
-def _placed(events: str) -> str:
-    """Per task: its registers and placement."""
+def _placed(events: str, live: bool) -> str:
+    """Per task: its registers and placement, where its events begin and (``live``) the
+    sequences of those its rows depend on."""
     task_events = _TASK_EVENTS.format(events=events)
+    # What the rows depend on: every event but the progress reports before the newest, and
+    # the newest report, and without a submission the newest hint (list_distinct drops the
+    # NULL of either missing).
+    # Not live, none of it is carried (a rebuild's registers are smaller for it).
+    kept, all_kept, seq, report_seq = "NULL::BIGINT[]", "NULL::BIGINT[]", "", "NULL::BIGINT"
+    if live:
+        kept = f"coalesce(list(seq) FILTER (WHERE type <> {_PROGRESS}), [])"
+        all_kept = "list_distinct(kept || [report_seq, CASE WHEN unsubmitted THEN hint.seq END])"
+        seq, report_seq = ", 'seq': seq", "report.seq"
     return f"""
 WITH newest AS (
     -- _TaskRecord.apply: the newest submitted, terminal, progress report and retry, and the
@@ -69,10 +79,11 @@ WITH newest AS (
     SELECT task,
         max({{{_NEWER}, 'pool': pool, 'queue': queue}}) FILTER (WHERE type = {_SUBMITTED}) AS sub,
         max({{{_NEWER}, 'type': type}}) FILTER (WHERE type IN ({_TERMINALS})) AS term,
-        max({{{_NEWER}}}) FILTER (WHERE type = {_PROGRESS}) AS report,
+        max({{{_NEWER}{seq}}}) FILTER (WHERE type = {_PROGRESS}) AS report,
         max({{{_NEWER}}}) FILTER (WHERE type = {_RETRYING}) AS retry,
         max("at") AS updated_at,
-        min(seq) AS first_seq
+        min(seq) AS first_seq,
+        {kept} AS kept
     FROM {task_events}
     GROUP BY task
 ),
@@ -80,8 +91,9 @@ registers AS (
     -- What the view reads of each register's JSON, read once here: the rest of it is not
     -- carried further. _TaskRecord._error: failed.error, crashed.reason, else the latest
     -- retry's error.
-    SELECT task, updated_at, first_seq, sub IS NULL AS unsubmitted, sub.at AS submitted_at,
-        sub.pool, sub.queue, json_transform(sub.json, '{_SUBMITTED_FIELDS}') AS submitted,
+    SELECT task, updated_at, first_seq, kept, {report_seq} AS report_seq,
+        sub IS NULL AS unsubmitted, sub.at AS submitted_at, sub.pool, sub.queue,
+        json_transform(sub.json, '{_SUBMITTED_FIELDS}') AS submitted,
         CASE WHEN term IS NOT NULL THEN {{'at': term.at, 'id': term.id, 'type': term.type}} END
             AS term,
         CASE term.type WHEN {_FAILED} THEN term.json::JSON->>'error'
@@ -93,7 +105,7 @@ registers AS (
 hints AS (
     -- _TaskRecord.apply: the newest pool hint (any event with a pool), read only without a
     -- task.submitted: so only for those few tasks (most task events carry a pool).
-    SELECT task, max({{{_NEWER}, 'pool': pool, 'queue': queue}}) AS hint
+    SELECT task, max({{{_NEWER}, 'pool': pool, 'queue': queue{seq}}}) AS hint
     FROM {task_events}
     WHERE pool IS NOT NULL AND type <> {_SUBMITTED}
         AND task IN (SELECT task FROM registers WHERE unsubmitted)
@@ -102,6 +114,7 @@ hints AS (
 -- _TaskRecord._placement: pool, queue, task key and stage from task.submitted, else pool and
 -- queue from the latest hint (no key, no stage); the terminal's status; the progress.
 SELECT task, submitted_at, term, term_error, retry_error, updated_at, first_seq,
+    {all_kept} AS kept,
     CASE WHEN unsubmitted THEN hint.pool ELSE pool END AS pool,
     CASE WHEN unsubmitted THEN hint.queue ELSE queue END AS queue,
     submitted,
@@ -180,12 +193,14 @@ WHERE is_retry = 0
 GROUP BY task, stretch"""  # noqa: S608 (our table names)
 
 
-def stage(events: str) -> dict[str, str]:
+def stage(events: str, live: bool = True) -> dict[str, str]:
     """The temporary tables :func:`tasks_select` and :func:`slot_intervals_select` read, each
     computed once from ``events`` (a table name or a parenthesised subquery), in order (the
-    stretches read the marks and retries): name -> select."""
+    stretches read the marks and retries): name -> select. Not ``live`` (deriving from 0),
+    no task gets its kept sequences (a list per task of the whole log costs a quarter of a
+    rebuild's derivation): each is read by range until a live derivation touches it."""
     return {
-        PLACED: _placed(events),
+        PLACED: _placed(events, live),
         MARKS: _marks(events),
         RETRIES: _retries(events),
         STRETCHES: _stretches(),
@@ -252,8 +267,9 @@ LEFT JOIN {STRETCHES} AS s ON s.task = p.task AND s.stretch = coalesce(r.retries
 
 
 def task_spans_select() -> str:
-    """The ``task_spans`` table's rows (no ``batch_seq``): where each task's events begin."""
-    return f"SELECT task, first_seq FROM {PLACED}"  # noqa: S608 (our table name)
+    """The ``task_spans`` table's rows (no ``batch_seq``): where each task's events begin, and
+    the sequences of those its rows depend on."""
+    return f"SELECT task, first_seq, kept FROM {PLACED}"  # noqa: S608 (our table name)
 
 
 # _release: the stretch's retry when there is no terminal or the terminal is after it.

@@ -59,6 +59,7 @@ _BIGINT = _Type("BIGINT", pa.int64())
 _DOUBLE = _Type("DOUBLE", pa.float64())
 _BOOL = _Type("BOOLEAN", pa.bool_())
 _TEXTS = _Type("VARCHAR[]", pa.list_(pa.string()))
+_BIGINTS = _Type("BIGINT[]", pa.list_(pa.int64()))
 _LABELS = _Type("MAP(VARCHAR, VARCHAR)", pa.map_(pa.string(), pa.string()))
 # Arrow's JSON extension type (pyarrow 19+) tells DuckDB the text is JSON already, sparing it a
 # validating parse of every payload (msgspec wrote it); plain strings are parsed on insert.
@@ -147,10 +148,13 @@ TASKS = Table(
     entity=("task",),
 )
 
-# Per task, the sequence of its first event in ``events``: a live derivation reads a touched
-# task's events from there on, and finds its rows in the tables written since (``batch_seq``
-# is at least that), so both reads skip the row groups before it by their min and max seq.
-TASK_SPANS = Table("task_spans", {"task": _TEXT, "first_seq": _BIGINT}, entity=("task",))
+# Per task, where its events begin in ``events`` and the sequences of those its rows depend
+# on (all but superseded progress reports): a live derivation reads a touched task's events
+# by range from its first, or for a task begun long ago by those sequences, so both reads
+# skip row groups by their min and max seq (``_duckdb_derive._since_first``).
+TASK_SPANS = Table(
+    "task_spans", {"task": _TEXT, "first_seq": _BIGINT, "kept": _BIGINTS}, entity=("task",)
+)
 
 WORKERS = Table(
     "workers",

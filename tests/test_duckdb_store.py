@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import duckdb
 import msgspec
@@ -506,6 +507,52 @@ def test_tables_derived_with_every_batch_or_once_at_the_end_are_the_same(
         )
 
 
+@settings(max_examples=60, deadline=None)
+@given(case=batched(), reused=histories(reused_ids=True))
+def test_tasks_begun_long_ago_are_derived_from_the_events_their_rows_depend_on(
+    case: tuple[list[object], list[Batch]],
+    reused: list[ev.Event],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Every known task read by its kept sequences, as one begun over a million events ago
+    is (not by range): a batch at a time, the tables are the reference's, reused ids too."""
+    _, batches = case
+    seq = batches[-1].last_seq + 1 if batches else 1
+    halves = (reused[: len(reused) // 2], reused[len(reused) // 2 :])
+    for part in halves:
+        if part:
+            batches.append(batch(part, seq))
+            seq += len(part)
+    path = tmp_path_factory.mktemp("kept") / "store.duckdb"
+    with (
+        mock.patch.object(derive_module, "_YOUNG", -1),
+        DuckDBStore(path, materialize_every=0) as store,
+    ):
+        for each in batches:
+            store.apply(each)
+        assert store.read_model() == reference(batches).read_model()
+
+
+def test_a_task_begun_long_ago_without_a_submission_keeps_its_pool_hint(path: Path) -> None:
+    """Without ``task.submitted`` the task's pool is the newest event carrying one, which a
+    newer progress report without a pool does not replace: that hint is kept with the newest
+    report, for a derivation that reads the task by its kept sequences."""
+    history = [
+        [ev.TaskProgress(task="x", pool="p1", progress=0.1, **at(1))],
+        [ev.TaskProgress(task="x", progress=0.2, **at(2))],
+        [ev.TaskClaimed(task="x", worker="w", **at(3))],
+    ]
+    batches = [batch(events, i) for i, events in enumerate(history, 1)]
+    with (
+        mock.patch.object(derive_module, "_YOUNG", -1),
+        DuckDBStore(path, materialize_every=0) as store,
+    ):
+        for each in batches:
+            store.apply(each)
+        assert store.task("x") == reference(batches).task("x")
+        assert store.task("x").pool == "p1"  # type: ignore[union-attr]
+
+
 @_KILLS
 @given(history=histories(reused_ids=True), cut=st.integers(0, 60))
 def test_events_sharing_an_id_give_the_tables_the_fold_gives(
@@ -607,24 +654,30 @@ def test_a_schema_6_file_killed_before_its_last_derivation_gets_its_spans_and_ca
     path: Path,
 ) -> None:
     """Schema 6 had no ``task_spans``: a file whose daemon died with events its tables do not
-    show yet gets spans only for what they show, and the derivation of the rest, and of later
-    batches, gives the reference's tables and every task's first sequence."""
+    show yet gets spans for what they show, each with the ``batch_seq`` of its task's rows
+    (task-1's were written at 30, the file's tables at 60), so a later event for a task finds
+    its rows; the derivation of the rest, and of later batches, gives the reference's tables
+    and every task's first sequence."""
     tasks = [e for e in fleet() if hasattr(e, "task")]  # none of them in fleet_history's
-    first, second = batch(fleet_history(60)), batch(tasks[:6], 61)
+    history = fleet_history(60)  # task-1 .. task-3 only in its first 30 events
+    first = [batch(history[:30]), batch(history[30:], 31)]
+    second = batch(tasks[:6], 61)
     store = DuckDBStore(path, materialize_every=3600)
-    store.apply(first)
-    store.pools()  # a read writes the tables: up to the first batch
+    for each in first:
+        store.apply(each)
+        store.pools()  # a read writes the tables: task-1's rows at 30, the last ones at 60
     store.apply(second)
     store._release()  # killed: the second batch, new tasks only, is in ``events`` only
     with duckdb.connect(str(path)) as con:
         con.execute("DROP TABLE task_spans")
         con.execute("UPDATE checkpoint SET schema_version = 6")
-    more = [batch(tasks[6:9], 67), batch(tasks[9:], 70)]  # the second batch's tasks again
+    late = ev.TaskProgress(task="task-1", progress=1.0, **at(100))
+    more = [batch([*tasks[6:9], late], 67), batch(tasks[9:], 71)]  # those tasks again
     with DuckDBStore(path, materialize_every=0) as writer:
-        assert writer.read_model() == reference([first, second]).read_model()
+        assert writer.read_model() == reference([*first, second]).read_model()
         for each in more:
             writer.apply(each)
-        assert writer.read_model() == reference([first, second, *more]).read_model()
+        assert writer.read_model() == reference([*first, second, *more]).read_model()
     with duckdb.connect(str(path), read_only=True) as con:
         spans, firsts = _spans_and_first_seqs(con)
     assert spans == firsts != []
