@@ -197,7 +197,9 @@ def _derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> No
             source, touched = found
         else:
             source, touched = _all_of(cursor, family), "true"
-        staged = family.stage(source, since > 0)
+        # From 0 over a long log (a rebuild), tasks keep no seqs: a list per task costs a
+        # quarter of its derivation (_since_first reads them by range until touched again).
+        staged = family.stage(source, since > 0 or batch_seq <= _YOUNG)
         for name, statement in staged.items():
             cursor.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {statement}")
         for table, select in family.tables:

@@ -196,9 +196,10 @@ GROUP BY task, stretch"""  # noqa: S608 (our table names)
 def stage(events: str, live: bool = True) -> dict[str, str]:
     """The temporary tables :func:`tasks_select` and :func:`slot_intervals_select` read, each
     computed once from ``events`` (a table name or a parenthesised subquery), in order (the
-    stretches read the marks and retries): name -> select. Not ``live`` (deriving from 0),
-    no task gets its kept sequences (a list per task of the whole log costs a quarter of a
-    rebuild's derivation): each is read by range until a live derivation touches it."""
+    stretches read the marks and retries): name -> select. Not ``live`` (deriving a long log
+    from 0), no task gets its kept sequences (a list per task of the whole log costs a
+    quarter of a rebuild's derivation): each is read by range until a live derivation
+    touches it."""
     return {
         PLACED: _placed(events, live),
         MARKS: _marks(events),
