@@ -223,19 +223,18 @@ def _derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> No
 
 
 def fill_task_spans(cursor: duckdb.DuckDBPyConnection) -> None:
-    """``task_spans`` for a file of schema 5 or 6, whose tables are derived but had none:
-    from its events up to the checkpoint they were derived to (a later event is fresh to the
-    next derivation, which writes its task's span). Each task keeps every one of its events
-    (more than its rows depend on, which folds the same) and its ``tasks`` row's
-    ``batch_seq``, the derivation that wrote its rows."""
+    """``task_spans`` for a file of schema 5 or 6 (the caller checks), whose tables are
+    derived but had none: from its events up to the checkpoint they were derived to (a later
+    event is fresh to the next derivation, which writes its task's span). Each task keeps
+    every one of its events (more than its rows depend on, which folds the same) and its
+    ``tasks`` row's ``batch_seq``, the derivation that wrote its rows."""
     cursor.execute(
         f"""INSERT INTO {schema.TASK_SPANS.name} BY NAME
         SELECT e.task, min(e.seq) AS first_seq, list(DISTINCT e.seq) AS kept,
             coalesce(any_value(t.{schema.BATCH_SEQ}), any_value(c.materialized))
                 AS {schema.BATCH_SEQ}
         FROM events AS e CROSS JOIN checkpoint AS c LEFT JOIN tasks AS t USING (task)
-        WHERE c.schema_version IN (5, 6) AND e.seq <= c.materialized
-            AND e.task IS NOT NULL AND starts_with(e.type, 'task.')
+        WHERE e.seq <= c.materialized AND {_TASK_READS}
         GROUP BY e.task"""  # noqa: S608
     )
 

@@ -526,7 +526,9 @@ def _create_schema(cursor: duckdb.DuckDBPyConnection) -> None:
     cursor.execute(
         "DELETE FROM retained WHERE kind = 'task' AND (SELECT schema_version FROM checkpoint) < 6"
     )
-    fill_task_spans(cursor)  # schemas 5 and 6 had none
+    (found,) = cursor.execute("SELECT list(schema_version) FROM checkpoint").fetchall()
+    if found[0] in ([5], [6]):  # had no task_spans (a new file has no checkpoint row yet)
+        fill_task_spans(cursor)
     cursor.execute(
         "UPDATE checkpoint SET schema_version = ? WHERE schema_version < ?",
         [schema.SCHEMA_VERSION, schema.SCHEMA_VERSION],
