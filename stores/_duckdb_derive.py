@@ -107,12 +107,12 @@ class Family(NamedTuple):
     keys: str
     tables: tuple[tuple[schema.Table, Select], ...]
     retained: Select | None  # None: its entities' events are read from ``events``
-    stage: Callable[[str, bool], dict[str, str]] = lambda _events, _live: {}
+    stage: Callable[[str, bool], dict[str, str]] = lambda _events, _keep: {}
 
 
 _TASK_READS = "task IS NOT NULL AND starts_with(type, 'task.')"
 # A task begun within this many events of a derivation's start has its events read by range;
-# one begun before, by the sequences its rows depend on (_since_first). A range of a million
+# one begun before, by the sequences its rows depend on (_known_task_events). A range of a million
 # events is ~8 row groups.
 _YOUNG = 1_000_000
 
@@ -159,7 +159,7 @@ def derive(
 ) -> None:
     """Bring every derived table and ``retained`` from checkpoint ``since`` to ``batch_seq``
     (``since=0``: derive them all again from ``events``). Runs in the caller's transaction;
-    the rows it writes get ``batch_seq``, a task's in every table alike (:func:`_since_first`
+    the rows it writes get ``batch_seq``, a task's in every table alike (:func:`_known_task_events`
     finds them by it).
 
     ``alone``: nothing else writes to the database meanwhile. Only then is DuckDB's
@@ -198,7 +198,7 @@ def _derive(cursor: duckdb.DuckDBPyConnection, since: int, batch_seq: int) -> No
         else:
             source, touched = _all_of(cursor, family), "true"
         # From 0 over a long log (a rebuild), tasks keep no seqs: a list per task costs a
-        # quarter of its derivation (_since_first reads them by range until touched again).
+        # quarter of its derivation (_known_task_events reads them by range until touched again).
         staged = family.stage(source, since > 0 or batch_seq <= _YOUNG)
         for name, statement in staged.items():
             cursor.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS {statement}")
@@ -270,7 +270,7 @@ def _touched(
     cursor: duckdb.DuckDBPyConnection, family: Family, since: int
 ) -> tuple[str, str] | None:
     """The family's entities named by ``wl_fresh``, and their events: all of them in
-    ``events`` (tasks: :func:`_since_first`), or those retained for them and the fresh ones
+    ``events`` (tasks: :func:`_known_task_events`), or those retained for them and the fresh ones
     (retained ones are all at or before the last derivation's checkpoint, so no row is in
     both). An event delivered twice is two rows, which the selects, like the fold, count once.
     Returns that relation and the condition naming the entities' rows, or None when
@@ -285,7 +285,7 @@ def _touched(
         return None
     touched = f"({keys}) IN (SELECT ({keys}) FROM wl_touched)"  # noqa: S608
     if family.retained is None:
-        return "wl_events", _since_first(cursor, reads, touched, since)
+        return "wl_events", _known_task_events(cursor, reads, touched, since)
     cursor.execute(
         f"""CREATE OR REPLACE TEMP TABLE wl_events AS
         SELECT * EXCLUDE (kind, {schema.BATCH_SEQ}) FROM retained
@@ -296,7 +296,9 @@ def _touched(
     return "wl_events", touched
 
 
-def _since_first(cursor: duckdb.DuckDBPyConnection, reads: str, touched: str, since: int) -> str:
+def _known_task_events(
+    cursor: duckdb.DuckDBPyConnection, reads: str, touched: str, since: int
+) -> str:
     """``wl_events`` for the touched tasks, and the condition naming their rows to replace.
 
     A task id (a uuid's) leaves DuckDB no row group to skip by its min and max, so a read by
@@ -327,7 +329,6 @@ def _since_first(cursor: duckdb.DuckDBPyConnection, reads: str, touched: str, si
         return "false"
     start = min(young, since + 1) if young is not None else since + 1
     kept = f"SELECT unnest(kept) FROM wl_known WHERE first_seq < {start}"  # noqa: S608
-    # (a task with no kept sequences, derived from 0 since it was last touched, is in range)
     _copy_events(
         cursor,
         f"seq >= {start} AND {reads} AND {touched}",

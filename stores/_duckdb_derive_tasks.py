@@ -58,16 +58,16 @@ PLACED, MARKS, RETRIES = "wl_task_placed", "wl_task_marks", "wl_task_retries"
 STRETCHES = "wl_task_stretches"
 
 
-def _placed(events: str, live: bool) -> str:
-    """Per task: its registers and placement, where its events begin and (``live``) the
+def _placed(events: str, keep: bool) -> str:
+    """Per task: its registers and placement, where its events begin and (``keep``) the
     sequences of those its rows depend on."""
     task_events = _TASK_EVENTS.format(events=events)
     # What the rows depend on: every event but the progress reports before the newest, and
     # the newest report, and without a submission the newest hint (list_distinct drops the
     # NULL of either missing).
-    # Not live, none of it is carried (a rebuild's registers are smaller for it).
+    # Not kept, none of it is carried (a rebuild's registers are smaller for it).
     kept, all_kept, seq, report_seq = "NULL::BIGINT[]", "NULL::BIGINT[]", "", "NULL::BIGINT"
-    if live:
+    if keep:
         kept = f"coalesce(list(seq) FILTER (WHERE type <> {_PROGRESS}), [])"
         all_kept = "list_distinct(kept || [report_seq, CASE WHEN unsubmitted THEN hint.seq END])"
         seq, report_seq = ", 'seq': seq", "report.seq"
@@ -193,15 +193,15 @@ WHERE is_retry = 0
 GROUP BY task, stretch"""  # noqa: S608 (our table names)
 
 
-def stage(events: str, live: bool = True) -> dict[str, str]:
+def stage(events: str, keep: bool = True) -> dict[str, str]:
     """The temporary tables :func:`tasks_select` and :func:`slot_intervals_select` read, each
     computed once from ``events`` (a table name or a parenthesised subquery), in order (the
-    stretches read the marks and retries): name -> select. Not ``live`` (deriving a long log
+    stretches read the marks and retries): name -> select. Not ``keep`` (deriving a long log
     from 0), no task gets its kept sequences (a list per task of the whole log costs a
     quarter of a rebuild's derivation): each is read by range until a live derivation
     touches it."""
     return {
-        PLACED: _placed(events, live),
+        PLACED: _placed(events, keep),
         MARKS: _marks(events),
         RETRIES: _retries(events),
         STRETCHES: _stretches(),

@@ -151,7 +151,7 @@ TASKS = Table(
 # Per task, where its events begin in ``events`` and the sequences of those its rows depend
 # on (all but superseded progress reports): a live derivation reads a touched task's events
 # by range from its first, or for a task begun long ago by those sequences, so both reads
-# skip row groups by their min and max seq (``_duckdb_derive._since_first``).
+# skip row groups by their min and max seq (``_duckdb_derive._known_task_events``).
 TASK_SPANS = Table(
     "task_spans", {"task": _TEXT, "first_seq": _BIGINT, "kept": _BIGINTS}, entity=("task",)
 )
