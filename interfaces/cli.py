@@ -38,7 +38,7 @@ from workledger.core.nats_server import EmbeddedNats
 from workledger.core.publisher import Publisher
 from workledger.projections._groups import plain_errors
 from workledger.projections.daemon import ProjectorConfig
-from workledger.projections.partitions import pool_subjects, split_pools
+from workledger.projections.partitions import split_pools
 from workledger.projections.views import TaskStatus, WorkerStatus
 from workledger.rebuild import rebuild_command
 from workledger.render import print_json, print_slots, print_task, print_tasks, print_workers
@@ -127,7 +127,8 @@ def _daemon_options(func: _F) -> _F:
             "--pools",
             default="",
             envvar="WORKLEDGER_POOLS",
-            help="Consume only these pools, comma-separated (adds their filter subjects).",
+            help="Serve only these pools, comma-separated: their events, and the task events "
+            "without a pool of their tasks.",
         ),
         click.option(
             "--replicas",
@@ -145,11 +146,12 @@ def _daemon_options(func: _F) -> _F:
 
 def _service_config(log: LogConfig, **opts: Any) -> ServiceConfig:
     log = msgspec.structs.replace(log, replicas=opts["replicas"])
-    pools = pool_subjects(log.subject_prefix, split_pools(opts["pools"]))
-    subjects = tuple(opts["filter_subjects"]) + pools
     return ServiceConfig(
         projector=ProjectorConfig(
-            log=log, filter_subjects=tuple(dict.fromkeys(subjects)), **projector_settings(opts)
+            log=log,
+            pools=split_pools(opts["pools"]),
+            filter_subjects=tuple(opts["filter_subjects"]),
+            **projector_settings(opts),
         ),
         reaper=reaper_config(opts),
         host=opts["host"],

@@ -16,10 +16,11 @@ Adopting workledger should take minutes, so this wraps the two things every work
 :class:`SyncWorker` does the same for threads and plain scripts, over a
 :class:`~workledger.core.publisher.SyncPublisher`, with the heartbeat in a thread.
 
-Every task event carries the worker's ``pool`` (and the queue when known): without it a task
-event routes under ``<prefix>._`` and a daemon partitioned by pool never sees it (see
-``docs/wire.md``). Event times are taken when the work starts and ends, not when the publisher
-gets to send them, so durations in the read model are the work's own.
+Every task event carries the worker's ``pool`` (and the queue when known), so it routes under
+that pool's subject: without it a task event routes under ``<prefix>._``, which every daemon
+partitioned by pool reads and sorts out (see ``docs/scaling.md``). Event times are taken when
+the work starts and ends, not when the publisher gets to send them, so durations in the read
+model are the work's own.
 """
 
 from __future__ import annotations

@@ -50,6 +50,9 @@ class DaemonCollector(Collector):
         stores = projector.stores if projector is not None else [self._queries.store]
         yield _counter("events_applied", "Events folded into the stores.", m.applied)
         yield _counter("events_quarantined", "Messages set aside as invalid.", m.quarantined)
+        yield _counter(
+            "events_skipped", "Task events without a pool of another partition's tasks.", m.skipped
+        )
         yield _counter("batches", "Batches applied.", m.batches)
         yield SummaryMetricFamily(
             "workledger_fold_seconds",

@@ -42,6 +42,7 @@ from workledger.core.events import MAX_EVENT_BYTES, Event
 from workledger.core.log import LogConfig, connect, encode_token, ensure_stream, envelope_pool
 from workledger.core.signing import Verifier, load_verifier
 from workledger.projections import _groups, _position
+from workledger.projections.partitions import KnownTasks, partition_subjects
 from workledger.projections.views import Quarantined
 from workledger.stores.base import Batch, Sequenced, Store
 
@@ -72,9 +73,12 @@ return: no I/O, no waiting."""
 class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     """How the daemon reads the log.
 
-    ``filter_subjects`` partitions the stream between daemons (e.g. one pool each); empty means
-    the whole stream. An event bigger than ``max_event_bytes`` is quarantined undecoded, as is
-    an envelope bigger than :data:`~workledger.core.codec.MAX_ENVELOPE_BYTES` (1 MiB).
+    ``pools`` partitions the stream between daemons by pool: one serving them reads their
+    events, and of the task events without a pool those of tasks its pools named
+    (:class:`~workledger.projections.partitions.KnownTasks`). ``filter_subjects`` adds raw
+    subject filters. With neither, the daemon reads the whole stream. An event bigger than
+    ``max_event_bytes`` is quarantined undecoded, as is an envelope bigger than
+    :data:`~workledger.core.codec.MAX_ENVELOPE_BYTES` (1 MiB).
     ``allow_gap``: carry on (counting ``missed``) when messages the read models lack are gone
     from the stream, instead of stopping with :class:`~workledger.core.errors.GapError`.
     ``watch_interval``: how often the stream is checked for deletion and gaps.
@@ -98,6 +102,7 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     """
 
     log: LogConfig = msgspec.field(default_factory=LogConfig)
+    pools: tuple[str, ...] = ()
     filter_subjects: tuple[str, ...] = ()
     max_batch: int = 5000
     max_batch_bytes: int = 4 * 1024 * 1024
@@ -131,6 +136,7 @@ class DaemonMetrics(msgspec.Struct, kw_only=True):
     fold_seconds_total: float = 0.0
     fold_seconds_max: float = 0.0
     missed: int = 0  # messages gone from the stream before they were applied (allow_gap)
+    skipped: int = 0  # task events without a pool that another partition's tasks are (pools)
 
 
 def to_batch(
@@ -290,6 +296,8 @@ class Projector:
         self._arrived = anyio.Event()
         self._drained = anyio.Event()
         self._verifier = _verifier(config.log)
+        self._subjects = _subjects(config)
+        self._known: KnownTasks | None = None  # while running, if the daemon serves pools
         self._client: Any = None  # the NATS client while running
         self._js: Any = None
         self._received = 0  # the highest stream sequence delivered so far
@@ -337,6 +345,8 @@ class Projector:
             js = self._js = nc.jetstream()
             await ensure_stream(js, self.config.log)
             self._received = self._dispatched = self.checkpoint
+            if self.config.pools:
+                self._known = KnownTasks(self._resumed().task_ids())
             await self._check_stream(js)
             self.metrics.connected = True
             backlog, hold = self.config.lane_backlog, self.config.lane_hold
@@ -356,6 +366,11 @@ class Projector:
             with anyio.CancelScope(shield=True):
                 await nc.close()
 
+    def _resumed(self) -> Store:
+        """The store the daemon resumes from (the lowest checkpoint): what it holds is what
+        the stream named up to there, so the partition's known tasks restart from its tasks."""
+        return min(self.stores, key=lambda store: store.stats().checkpoint)
+
     async def _check_stream(self, js: Any) -> None:
         """Is the stream still there, and does it still hold what the stores lack?"""
         # The checkpoint from before the request: the fold goes on while we wait, and a
@@ -364,7 +379,7 @@ class Projector:
         state = await _position.stream_state(js, self.config.log)
         _position.check_not_behind(state, checkpoint, self.config.log.stream)
         self._stream_last = int(state.last_seq)
-        if not self.config.filter_subjects:  # filtered, sequences skip by design
+        if not self._subjects:  # filtered, sequences skip by design
             self._gap(_position.expired(state, self._received))
 
     async def _watch(self, js: Any) -> None:
@@ -395,9 +410,10 @@ class Projector:
             opt_start_seq=start if start > 1 else None,
             idle_heartbeat=1.0,  # a lost consumer (server restart) is noticed in seconds
         )
-        if len(self.config.filter_subjects) > 1:
-            consumer.filter_subjects = list(self.config.filter_subjects)
-        subject = self.config.filter_subjects[0] if len(self.config.filter_subjects) == 1 else ""
+        subjects = self._subjects
+        if len(subjects) > 1:
+            consumer.filter_subjects = list(subjects)
+        subject = subjects[0] if len(subjects) == 1 else ""
         await js.subscribe(
             subject or f"{self.config.log.subject_prefix}.>",
             stream=self.config.log.stream,
@@ -476,7 +492,7 @@ class Projector:
         fresh = [item for item in messages if item[0] > done]
         if not fresh:
             return  # a redelivery after a consumer reset: already applied
-        if not self.config.filter_subjects:
+        if not self._subjects:
             after = max(done, self._missed_upto)
             gaps = _position.skipped(after, [seq for seq, _ in fresh])
             if gaps:
@@ -487,6 +503,9 @@ class Projector:
         batch = _to_batch(
             fresh, config.log.stream, config.max_event_bytes, MAX_ENVELOPE_BYTES, self._verifier
         )
+        if self._known is not None:
+            batch, skipped = self._known.admit(batch)
+            self.metrics.skipped += skipped
         self._dispatched = batch.last_seq
         began = time.perf_counter()
         for store in self._inline:
@@ -544,6 +563,12 @@ class Projector:
         if len(batch.quarantined) > _LOGGED_PER_BATCH:
             more = len(batch.quarantined) - _LOGGED_PER_BATCH
             _log.warning("set aside %d more messages in this batch (`workledger quarantine`)", more)
+
+
+def _subjects(config: ProjectorConfig) -> tuple[str, ...]:
+    """The consumer's filter subjects: the pools' (see ``ProjectorConfig``) and the raw ones."""
+    pools = partition_subjects(config.log.subject_prefix, config.pools) if config.pools else ()
+    return tuple(dict.fromkeys((*pools, *config.filter_subjects)))
 
 
 def _tell(listeners: list[Listener], batch: Batch) -> None:

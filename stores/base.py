@@ -105,6 +105,10 @@ class Store(Protocol):
         """One task by id, or None if the log never named it."""
         ...
 
+    def task_ids(self) -> list[str]:
+        """Every task the log named, in no order (a pool partition resumes from them)."""
+        ...
+
     def tasks(
         self,
         *,

@@ -270,6 +270,12 @@ class DuckDBStore:
         found = self._select(TaskView, "SELECT * FROM tasks WHERE task = ?", [task])
         return found[0] if found else None
 
+    def task_ids(self) -> list[str]:
+        self._current()
+        with self._translated("query"):
+            found = self._cursor().execute("SELECT task FROM tasks").fetchall()
+        return [task for (task,) in found]
+
     def tasks(
         self,
         *,

@@ -214,6 +214,9 @@ class MemoryStore:
     def task(self, task: str) -> TaskView | None:
         return self._tasks.get(task)
 
+    def task_ids(self) -> list[str]:
+        return list(self._tasks)
+
     def tasks(
         self,
         *,

@@ -14,11 +14,12 @@ from workledger.stores.memory import MemoryStore
 
 @asynccontextmanager
 async def projecting(
-    config: LogConfig, filter_subjects: tuple[str, ...] = ()
+    config: LogConfig, filter_subjects: tuple[str, ...] = (), *, pools: tuple[str, ...] = ()
 ) -> AsyncIterator[tuple[Projector, MemoryStore]]:
     """A projector folding ``config``'s stream into a fresh MemoryStore for the block."""
     store = MemoryStore()
-    projector = Projector(ProjectorConfig(log=config, filter_subjects=filter_subjects), [store])
+    settings = ProjectorConfig(log=config, filter_subjects=filter_subjects, pools=pools)
+    projector = Projector(settings, [store])
     async with anyio.create_task_group() as tg:
         await tg.start(projector.run)
         yield projector, store

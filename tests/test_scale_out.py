@@ -1,6 +1,6 @@
 """Scale-out: daemons on partitions of one stream answer together what one daemon answers.
 
-Three daemons, one pool each (``--pools`` in the CLI, ``filter_subjects`` here), read one
+Three daemons, one pool each (``--pools`` in the CLI), read one
 replicas-3 stream on a local three-node cluster; the union of their read models equals the
 read model of a daemon over the whole stream, for workers, slots, tasks and utilization.
 """
@@ -8,12 +8,13 @@ read model of a daemon over the whole stream, for workers, slots, tasks and util
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
-from contextlib import AsyncExitStack
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -21,7 +22,11 @@ from workledger.core import events as ev
 from workledger.core.log import LogConfig, connect, ensure_stream
 from workledger.core.nats_server import EmbeddedCluster
 from workledger.core.publisher import Publisher
-from workledger.projections.partitions import pool_subjects
+from workledger.projections.daemon import Projector, ProjectorConfig
+from workledger.projections.partitions import UNPOOLED, pool_subjects
+from workledger.projections.views import TaskStatus
+from workledger.stores.base import Store
+from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
 
 from .conftest import read_all
@@ -34,8 +39,9 @@ POOLS = ("etl", "ml.gpu", "web hooks")
 NOW = BASE + timedelta(minutes=30)
 
 
-def _fleet(size: int, seed: int = 11) -> list[ev.Event]:
-    """Workers in three pools and task lifecycles; every task event carries its pool."""
+def _fleet(size: int, seed: int = 11, pool_less: float = 0.0) -> list[ev.Event]:
+    """Workers in three pools and task lifecycles; a task event after the submission leaves
+    its pool out with probability ``pool_less``."""
     rng = random.Random(seed)
     workers = [(f"w{i}", POOLS[i % 3]) for i in range(15)]
     out: list[ev.Event] = [
@@ -46,17 +52,21 @@ def _fleet(size: int, seed: int = 11) -> list[ev.Event]:
     while len(out) < size:
         task += 1
         worker, pool = rng.choice(workers)
-        route = {"task": f"t{task}", "pool": pool}
+        name = f"t{task}"
+
+        def route(name: str = name, pool: str = pool) -> dict[str, Any]:
+            return {"task": name, "pool": None if rng.random() < pool_less else pool}
+
         out += [
-            ev.TaskSubmitted(**route, queue=rng.choice("ab")),
-            ev.TaskClaimed(**route, worker=worker),
+            ev.TaskSubmitted(task=name, pool=pool, queue=rng.choice("ab")),
+            ev.TaskClaimed(**route(), worker=worker),
         ]
-        out += [ev.TaskStarted(**route, worker=worker)] if rng.random() < 0.8 else []
+        out += [ev.TaskStarted(**route(), worker=worker)] if rng.random() < 0.8 else []
         ending = rng.random()
         if ending < 0.6:
-            out.append(ev.TaskCompleted(**route))
+            out.append(ev.TaskCompleted(**route()))
         elif ending < 0.7:
-            out.append(ev.TaskFailed(**route, error="boom"))
+            out.append(ev.TaskFailed(**route(), error="boom"))
         out.append(ev.WorkerHeartbeat(worker=worker, pool=pool))
     return [
         msgspec.structs.replace(e, at=BASE + timedelta(milliseconds=300 * i))
@@ -83,6 +93,33 @@ async def test_three_pool_daemons_together_answer_what_one_daemon_answers(
 ) -> None:
     """Workers, slots, tasks and utilization: the union of the partitions equals the whole."""
     history = _fleet(3000)
+    parts = await _partitioned(tmp_path, history, lambda pool: {"filter_subjects": _only(pool)})
+    assert sum(store.stats().applied for _, store in parts) == len(history)
+
+
+async def test_pool_daemons_keep_the_task_events_without_a_pool_of_their_own_tasks(
+    tmp_path: Path,
+) -> None:
+    """Half the task events after a submission leave their pool out (they route under
+    ``wl._``): each pool daemon keeps those of its own tasks, and skips the others', so each
+    event is folded exactly once and the union still equals the whole."""
+    history = _fleet(3000, pool_less=0.5)
+    unpooled = sum(1 for e in history if e.family == "task" and e.pool_key is None)
+    assert unpooled > 300
+    parts = await _partitioned(tmp_path, history, lambda pool: {"pools": (pool,)})
+    assert sum(store.stats().applied for _, store in parts) == len(history)
+    assert sum(projector.metrics.skipped for projector, _ in parts) == 2 * unpooled
+
+
+def _only(pool: str) -> tuple[str, ...]:
+    return pool_subjects("wl", [pool])
+
+
+async def _partitioned(
+    tmp_path: Path, history: list[ev.Event], settings: Callable[[str], dict[str, Any]]
+) -> list[tuple[Projector, MemoryStore]]:
+    """Publish ``history``, project it whole and by pool (``settings`` of each pool's daemon),
+    check every answer of the union against the whole, and return the pool daemons."""
     with EmbeddedCluster(tmp_path) as cluster:
         config = LogConfig(servers=cluster.urls, stream="SCALE", subject_prefix="wl", replicas=3)
         await _create(config)
@@ -93,19 +130,17 @@ async def test_three_pool_daemons_together_answer_what_one_daemon_answers(
         async with AsyncExitStack() as stack:
             whole = await stack.enter_async_context(projecting(config))
             parts = {
-                pool: await stack.enter_async_context(
-                    projecting(config, pool_subjects(config.subject_prefix, [pool]))
-                )
+                pool: await stack.enter_async_context(projecting(config, **settings(pool)))
                 for pool in POOLS
             }
             assert await whole[0].wait_for(max(last.values()), timeout=30)
             for pool, (projector, _) in parts.items():
                 assert await projector.wait_for(last[pool], timeout=30), pool
-    assert sum(store.stats().applied for _, store in parts.values()) == len(history)
     for name, answer in ANSWERS.items():
         union = sorted((_key(i) for _, store in parts.values() for i in answer(store)))
         assert union == sorted(_key(i) for i in answer(whole[1])), name
         assert union, f"{name}: an empty answer proves nothing"
+    return list(parts.values())
 
 
 async def _create(config: LogConfig) -> None:
@@ -122,6 +157,54 @@ async def _last_seq_per_pool(config: LogConfig) -> dict[str, int]:
     tokens = {f.split(".")[1]: pool for pool in POOLS for f in pool_subjects("wl", [pool])}
     last: dict[str, int] = {}
     for message in await read_all(config):
-        pool = tokens[message.subject.split(".")[1]]
-        last[pool] = max(last.get(pool, 0), message.seq)
+        token = message.subject.split(".")[1]
+        for pool in POOLS if token == UNPOOLED else [tokens[token]]:  # every pool daemon reads _
+            last[pool] = max(last.get(pool, 0), message.seq)
     return last
+
+
+@pytest.mark.parametrize("kind", ["memory", "duckdb"])
+async def test_a_restarted_pool_daemon_still_keeps_the_pool_less_events_of_its_tasks(
+    log_stream: LogConfig, tmp_path: Path, kind: str
+) -> None:
+    """The tasks it knows come back from its store: a completion without a pool, published
+    while it was down, still completes its task, and another pool's is still skipped."""
+    path = tmp_path / "etl.duckdb"
+
+    def opened() -> Store:
+        return DuckDBStore(path) if kind == "duckdb" else memory
+
+    memory = MemoryStore()
+    settings = ProjectorConfig(log=log_stream, pools=("etl",))
+    async with Publisher(log_stream) as pub:
+        await pub.publish(ev.TaskSubmitted(task="t1", pool="etl", queue="q"))
+        await pub.publish(ev.TaskSubmitted(task="t2", pool="gpu", queue="q"))
+    store = opened()
+    async with _running(Projector(settings, [store])) as projector:
+        assert await projector.wait_for(1, timeout=10)  # 2 is in pool gpu: not read
+    _close(store)
+    async with Publisher(log_stream) as pub:
+        await pub.publish(ev.TaskCompleted(task="t2"))
+        await pub.publish(ev.TaskCompleted(task="t1"))
+    store = opened()
+    async with _running(Projector(settings, [store])) as projector:
+        assert await projector.wait_for(4, timeout=10)
+        assert projector.metrics.skipped == 1
+    view = store.task("t1")
+    assert view is not None
+    assert view.status is TaskStatus.COMPLETED
+    assert store.task("t2") is None
+    _close(store)
+
+
+@asynccontextmanager
+async def _running(projector: Projector) -> AsyncIterator[Projector]:
+    async with anyio.create_task_group() as tg:
+        await tg.start(projector.run)
+        yield projector
+        tg.cancel_scope.cancel()
+
+
+def _close(store: Store) -> None:
+    if isinstance(store, DuckDBStore):
+        store.close()
