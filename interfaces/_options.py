@@ -18,7 +18,7 @@ import click
 
 from workledger.core.log import LogConfig
 
-__all__ = ["log_config", "log_options"]
+__all__ = ["log_config", "log_options", "partition_options"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _META = "workledger.security"
@@ -74,6 +74,25 @@ _SECURITY_OPTIONS = [
         "--verify-keys-dir", "verify_keys_dir", "Accept only events signed by these.", type=_DIR
     ),
 ]
+
+
+def partition_options(func: _F) -> _F:
+    """--pools and --filter-subject: which part of the stream a daemon (or a rebuild of its
+    file) reads, passed as ``pools`` (a comma-separated text) and ``filter_subjects``."""
+    func = click.option(
+        "--pools",
+        default="",
+        envvar="WORKLEDGER_POOLS",
+        help="Serve only these pools, comma-separated: their events, and the task events "
+        "without a pool of their tasks.",
+    )(func)
+    return click.option(
+        "--filter-subject",
+        "filter_subjects",
+        multiple=True,
+        envvar="WORKLEDGER_FILTER_SUBJECTS",
+        help="Consume only these subjects (partition the stream across daemons).",
+    )(func)
 
 
 def log_options(func: _F) -> _F:

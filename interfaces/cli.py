@@ -20,6 +20,7 @@ import msgspec
 
 from workledger._options import log_config as _log_config
 from workledger._options import log_options as _log_options
+from workledger._options import partition_options
 from workledger._reliability_options import (
     projector_settings,
     reaper_config,
@@ -117,20 +118,6 @@ def _daemon_options(func: _F) -> _F:
             "Prefer the environment variable: a flag's value shows in `ps`.",
         ),
         click.option(
-            "--filter-subject",
-            "filter_subjects",
-            multiple=True,
-            envvar="WORKLEDGER_FILTER_SUBJECTS",
-            help="Consume only these subjects (partition the stream across daemons).",
-        ),
-        click.option(
-            "--pools",
-            default="",
-            envvar="WORKLEDGER_POOLS",
-            help="Serve only these pools, comma-separated: their events, and the task events "
-            "without a pool of their tasks.",
-        ),
-        click.option(
             "--replicas",
             default=1,
             type=click.IntRange(1, 5),
@@ -141,7 +128,7 @@ def _daemon_options(func: _F) -> _F:
     ]
     for option in reversed(options):
         func = option(func)
-    return _log_options(reliability_options(func))
+    return _log_options(reliability_options(partition_options(func)))
 
 
 def _service_config(log: LogConfig, **opts: Any) -> ServiceConfig:

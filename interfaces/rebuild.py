@@ -1,7 +1,8 @@
-"""Rebuild: replay the whole stream into a fresh DuckDB file, then swap it in.
+"""Rebuild: replay the stream into a fresh DuckDB file, then swap it in.
 
 The log is the only source of truth, so a rebuilt file equals the one a live daemon wrote (same
-events, same store). Nobody reads the file while it is built, so the store derives its tables
+events, same store); a partition's daemon (``--pools``, ``--filter-subject``) is rebuilt from
+the same partition. Nobody reads the file while it is built, so the store derives its tables
 once, at the end, from ``events`` alone. It is built beside the target under a temporary name
 and renamed over it only when complete, so a half-built file never replaces a good one. A
 target held open by a running daemon is refused before any work: stop the daemon, or rebuild
@@ -18,16 +19,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import click
+import nats.js.errors
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from workledger._options import log_config, log_options
+from workledger._options import log_config, log_options, partition_options
 from workledger.core.errors import StoreError, WorkledgerError
 from workledger.core.log import LogConfig, connect, stream_info
 from workledger.projections.daemon import Projector, ProjectorConfig, fewer_collections
+from workledger.projections.partitions import split_pools
 from workledger.stores.base import StoreStats
 from workledger.stores.duckdb import DuckDBStore, check_unlocked
 
@@ -50,17 +54,25 @@ _DUCKDB_BATCH = 500_000
 _BUFFER_BYTES = 256 * 1024 * 1024
 
 
-async def rebuild(log_config: LogConfig, duckdb_path: Path, *, progress: bool = True) -> StoreStats:
-    """Replay the stream, up to its last sequence when called, into a new file at ``duckdb_path``.
+async def rebuild(
+    log_config: LogConfig,
+    duckdb_path: Path,
+    *,
+    progress: bool = True,
+    pools: tuple[str, ...] = (),
+    filter_subjects: tuple[str, ...] = (),
+) -> StoreStats:
+    """Replay the stream, up to its last sequence when called, into a new file at ``duckdb_path``:
+    the part of it ``pools`` and ``filter_subjects`` select, as a daemon given them reads it.
 
     :raises StreamNotFoundError: if the stream does not exist.
     :raises StoreError: if the target is locked or the file cannot be written.
     """
     check_unlocked(duckdb_path)
-    last = await _last_seq(log_config)
+    catch_up = catch_up_config(log_config, pools=pools, filter_subjects=filter_subjects)
+    last = await _last_seq(catch_up)
     building = duckdb_path.with_name(f".{duckdb_path.name}.rebuild-{os.getpid()}")
     try:
-        catch_up = catch_up_config(log_config)
         gc = fewer_collections(catch_up.gc_thresholds)
         with gc, DuckDBStore(building, materialize_every=math.inf) as store:
             began = time.perf_counter()
@@ -80,20 +92,37 @@ async def rebuild(log_config: LogConfig, duckdb_path: Path, *, progress: bool = 
     return stats
 
 
-async def _last_seq(config: LogConfig) -> int:
-    client = await connect(config)
+async def _last_seq(catch_up: ProjectorConfig) -> int:
+    """The last sequence the rebuild reads: the stream's, or the last its filters select."""
+    client = await connect(catch_up.log)
     try:
-        return int((await stream_info(client.jetstream(), config)).state.last_seq)
+        js = client.jetstream()
+        state = (await stream_info(js, catch_up.log)).state
+        if not catch_up.subjects:
+            return int(state.last_seq)
+        return max([await _last_on(js, catch_up.log.stream, s) for s in catch_up.subjects])
     finally:
         await client.close()
 
 
-def catch_up_config(config: LogConfig) -> ProjectorConfig:
+async def _last_on(js: Any, stream: str, subject: str) -> int:
+    """The sequence of the stream's last message on ``subject`` (wildcards too), or 0."""
+    try:
+        return int((await js.get_last_msg(stream, subject)).seq)
+    except nats.js.errors.NotFoundError:
+        return 0
+
+
+def catch_up_config(
+    config: LogConfig, *, pools: tuple[str, ...] = (), filter_subjects: tuple[str, ...] = ()
+) -> ProjectorConfig:
     """How a rebuild reads the stream: big transactions, and from whatever the stream still holds
     (a stream with an age or size limit has lost its oldest messages by design, so that gap
     is expected, not an error)."""
     return ProjectorConfig(
         log=config,
+        pools=pools,
+        filter_subjects=filter_subjects,
         allow_gap=True,
         max_batch=_MAX_BATCH,
         max_batch_bytes=_MAX_BATCH_BYTES,
@@ -162,16 +191,29 @@ def _wal(path: Path) -> Path:
     help="The DuckDB file to (re)create; replaced only once the rebuild is complete.",
 )
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
+@partition_options
 @log_options
 def rebuild_command(
-    servers: tuple[str, ...], stream: str, subject_prefix: str, duckdb_path: Path, progress: bool
+    servers: tuple[str, ...],
+    stream: str,
+    subject_prefix: str,
+    duckdb_path: Path,
+    progress: bool,
+    **partition: Any,
 ) -> None:
-    """Replay the whole stream into a fresh DuckDB file (stop the daemon that writes it first)."""
+    """Replay the stream into a fresh DuckDB file (stop the daemon that writes it first); give
+    a partition's daemon's --pools and --filter-subject to rebuild that daemon's file."""
     config = log_config(servers, stream, subject_prefix)
+    run = functools.partial(
+        rebuild,
+        config,
+        duckdb_path,
+        progress=progress,
+        pools=split_pools(partition["pools"]),
+        filter_subjects=tuple(partition["filter_subjects"]),
+    )
     try:
-        stats = anyio.run(
-            functools.partial(rebuild, config, duckdb_path, progress=progress), backend="asyncio"
-        )
+        stats = anyio.run(run, backend="asyncio")
     except WorkledgerError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(

@@ -115,6 +115,12 @@ class ProjectorConfig(msgspec.Struct, frozen=True, kw_only=True):
     watch_interval: float = 2.0
     gc_thresholds: tuple[int, int, int] | None = (100_000, 50, 100)
 
+    @property
+    def subjects(self) -> tuple[str, ...]:
+        """The consumer's filter subjects, the pools' and the raw ones (none: the whole stream)."""
+        pools = partition_subjects(self.log.subject_prefix, self.pools) if self.pools else ()
+        return tuple(dict.fromkeys((*pools, *self.filter_subjects)))
+
 
 # Projector._gather: an inbox holding this much came in a flow-control window, so more is on
 # its way; how long to wait for each next window, and for all of them together.
@@ -296,7 +302,7 @@ class Projector:
         self._arrived = anyio.Event()
         self._drained = anyio.Event()
         self._verifier = _verifier(config.log)
-        self._subjects = _subjects(config)
+        self._subjects = config.subjects
         self._known: KnownTasks | None = None  # while running, if the daemon serves pools
         self._client: Any = None  # the NATS client while running
         self._js: Any = None
@@ -563,12 +569,6 @@ class Projector:
         if len(batch.quarantined) > _LOGGED_PER_BATCH:
             more = len(batch.quarantined) - _LOGGED_PER_BATCH
             _log.warning("set aside %d more messages in this batch (`workledger quarantine`)", more)
-
-
-def _subjects(config: ProjectorConfig) -> tuple[str, ...]:
-    """The consumer's filter subjects: the pools' (see ``ProjectorConfig``) and the raw ones."""
-    pools = partition_subjects(config.log.subject_prefix, config.pools) if config.pools else ()
-    return tuple(dict.fromkeys((*pools, *config.filter_subjects)))
 
 
 def _tell(listeners: list[Listener], batch: Batch) -> None:

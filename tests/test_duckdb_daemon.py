@@ -15,6 +15,7 @@ import pytest
 from workledger.core import events as ev
 from workledger.core.errors import StreamNotFoundError
 from workledger.core.log import LogConfig
+from workledger.projections.daemon import Projector, ProjectorConfig
 from workledger.rebuild import rebuild
 from workledger.stores.base import ReadModel, StoreStats
 from workledger.stores.duckdb import DuckDBStore
@@ -22,6 +23,7 @@ from workledger.stores.duckdb import DuckDBStore
 from .histories import fleet_history
 from .test_daemon_process import WORKLEDGER, _publish_all, daemon
 from .test_fold import fold
+from .test_scale_out import _fleet
 from .test_store_contract import batch
 
 
@@ -54,9 +56,9 @@ def listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
 
 
-def rebuild_with_cli(config: LogConfig, path: Path) -> str:
+def rebuild_with_cli(config: LogConfig, path: Path, *options: str) -> str:
     """`workledger rebuild` as a user runs it; returns its summary line."""
-    argv = [WORKLEDGER, "rebuild", "--duckdb", str(path), "--no-progress"]
+    argv = [WORKLEDGER, "rebuild", "--duckdb", str(path), "--no-progress", *options]
     argv += ["--nats", config.servers[0], "--stream", config.stream]
     argv += ["--subject-prefix", config.subject_prefix]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
@@ -116,3 +118,46 @@ async def test_rebuild_of_a_missing_stream_fails_clearly_and_creates_nothing(
     with pytest.raises(StreamNotFoundError, match=log_config.stream):
         await rebuild(log_config, tmp_path / "out" / "x.duckdb", progress=False)
     assert listing(tmp_path / "out") == []
+
+
+@pytest.mark.slow
+def test_a_pool_daemons_file_equals_a_rebuild_of_its_pools(
+    log_stream: LogConfig, tmp_path: Path
+) -> None:
+    """`rebuild --pools` reads what the pool daemon read, the task events without a pool of
+    its tasks included, up to its pools' last message: the same file, and not the whole's."""
+    history = _fleet(900, pool_less=0.5)
+    _publish_all(log_stream, history)
+    live = tmp_path / "etl.duckdb"
+    etl = sum(1 for e in history if _task_or_worker_pool(e) == "etl")
+
+    async def project() -> None:
+        settings = ProjectorConfig(log=log_stream, pools=("etl",))
+        with DuckDBStore(live) as store:
+            projector = Projector(settings, [store])
+            async with anyio.create_task_group() as tg:
+                await tg.start(projector.run)
+                with anyio.fail_after(30):
+                    while store.stats().applied < etl:
+                        await projector.wait_for(projector.checkpoint + 1)
+                tg.cancel_scope.cancel()
+
+    anyio.run(project, backend="asyncio")
+    summary = rebuild_with_cli(log_stream, tmp_path / "rebuilt.duckdb", "--pools", "etl")
+    model, stats = opened(live)
+    assert f"{etl} events up to stream sequence {stats.checkpoint}" in summary
+    assert (model, stats) == opened(tmp_path / "rebuilt.duckdb")
+    assert model.tasks == [t for t in fold(history).read_model().tasks if t.pool == "etl"]
+    assert len({t.pool for t in fold(history).read_model().tasks}) == 3
+
+
+def _task_or_worker_pool(event: ev.Event) -> str | None:
+    """The pool an event of ``_fleet`` belongs to: its own, or its task's (named ``t<n>`` by
+    the submission that comes first)."""
+    if event.pool_key is not None:
+        _POOL_OF.setdefault(event.entity_key, event.pool_key)
+        return event.pool_key
+    return _POOL_OF[event.entity_key]
+
+
+_POOL_OF: dict[str, str] = {}

@@ -69,7 +69,7 @@ def _fleet(size: int, seed: int = 11, pool_less: float = 0.0) -> list[ev.Event]:
             out.append(ev.TaskFailed(**route(), error="boom"))
         out.append(ev.WorkerHeartbeat(worker=worker, pool=pool))
     return [
-        msgspec.structs.replace(e, at=BASE + timedelta(milliseconds=300 * i))
+        msgspec.structs.replace(e, id=f"e{i}", at=BASE + timedelta(milliseconds=300 * i))
         for i, e in enumerate(out)
     ]
 
