@@ -114,6 +114,7 @@ def test_a_new_store_is_empty_at_checkpoint_zero(make_store: MakeStore) -> None:
     assert (store.stats().checkpoint, store.stats().applied) == (0, 0)
     assert (store.tasks(), store.slot_counts(), store.pools()) == ([], [], [])
     assert store.task("a") is None
+    assert store.task_ids() == []
 
 
 def test_a_task_is_found_by_id_and_an_unknown_one_is_none(make_store: MakeStore) -> None:
@@ -129,6 +130,7 @@ def test_a_task_is_found_by_id_and_an_unknown_one_is_none(make_store: MakeStore)
     )
     assert (view.submitted_at, view.slot_acquired_at, view.started_at) == (t(10), t(11), t(12))
     assert store.task("nope") is None
+    assert sorted(store.task_ids()) == sorted({e.entity_key for e in fleet() if e.family == "task"})
 
 
 def test_tasks_filter_by_status_pool_queue_and_worker_newest_first(
@@ -307,6 +309,7 @@ def answers(store: Store) -> dict[str, object]:
     for name in ("t1", "t 5", "nope"):
         found[f"task {name}"] = store.task(name)
     found["pools"] = store.pools()
+    found["task ids"] = sorted(store.task_ids())
     found["quarantined"] = store.quarantined(limit=3)
     found["checkpoint"] = store.stats().checkpoint
     return msgspec.to_builtins(found)  # type: ignore[no-any-return]
