@@ -26,7 +26,9 @@ WORKLEDGER = str(Path(sys.executable).with_name("workledger"))
 
 
 @contextmanager
-def daemon(config: LogConfig, data_dir: Path) -> Iterator[tuple[subprocess.Popen[str], Client]]:
+def daemon(
+    config: LogConfig, data_dir: Path, *options: str
+) -> Iterator[tuple[subprocess.Popen[str], Client]]:
     """Start `workledger project` on a free port; yield the process and a client of its API."""
     argv = [
         WORKLEDGER,
@@ -43,6 +45,7 @@ def daemon(config: LogConfig, data_dir: Path) -> Iterator[tuple[subprocess.Popen
         str(data_dir),
         "--snapshot-interval",
         "0.05",
+        *options,
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

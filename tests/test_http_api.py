@@ -21,7 +21,7 @@ from workledger.core import events as ev
 from workledger.core.log import LogConfig
 from workledger.core.nats_server import EmbeddedNats
 from workledger.http import MAX_LIMIT, create_app
-from workledger.projections.views import Quarantined
+from workledger.projections.views import Quarantined, TaskStatus
 from workledger.queries import Queries
 from workledger.stores.base import Batch
 from workledger.stores.memory import MemoryStore
@@ -380,6 +380,28 @@ def test_a_real_daemon_reports_health_metrics_and_wants_its_token(
         nats_server.stop()
         assert _eventually_503(f"{client.base_url}/healthz")
         assert client.workers(labels={"zone": "eu"})[0].worker.worker == "eu"
+
+
+def test_a_pool_daemon_counts_the_pool_less_events_it_skips(
+    log_stream: LogConfig, tmp_path: Path
+) -> None:
+    """`project --pools cpu`: a completion without a pool completes its cpu task; the gpu
+    task's is another partition's, skipped and counted in /metrics."""
+    history = [
+        ev.TaskSubmitted(id="s1", at=t(1), task="t1", pool="cpu", queue="q"),
+        ev.TaskSubmitted(id="s2", at=t(1), task="t2", pool="gpu", queue="q"),
+        ev.TaskCompleted(id="c2", at=t(1), task="t2"),
+        ev.TaskCompleted(id="c1", at=t(1), task="t1"),
+    ]
+    _publish_all(log_stream, history)
+    with daemon(log_stream, tmp_path, "--pools", "cpu") as (_, client):
+        assert client.health(wait_for=4, timeout=10).checkpoint == 4
+        assert _metric(client.base_url, "workledger_events_skipped", {}) == 1
+        assert _metric(client.base_url, "workledger_events_applied", {}) == 2
+        completed = client.task("t1")
+        assert completed is not None
+        assert completed.status is TaskStatus.COMPLETED
+        assert client.task("t2") is None
 
 
 def _eventually_503(url: str, within: float = 15.0) -> bool:
