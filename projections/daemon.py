@@ -142,7 +142,7 @@ class DaemonMetrics(msgspec.Struct, kw_only=True):
     fold_seconds_total: float = 0.0
     fold_seconds_max: float = 0.0
     missed: int = 0  # messages gone from the stream before they were applied (allow_gap)
-    skipped: int = 0  # task events without a pool that another partition's tasks are (pools)
+    skipped: int = 0  # task events without a pool, of other partitions' tasks (pools)
 
 
 def to_batch(
