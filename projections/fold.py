@@ -20,6 +20,7 @@ life, and neither touches its history (sessions, slot stretches).
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -38,7 +39,7 @@ from workledger.projections.views import (
     WorkerView,
 )
 
-__all__ = ["Changes", "Ledger"]
+__all__ = ["Changes", "Ledger", "Record", "retain"]
 
 OrderKey = tuple[datetime, str]
 _json = msgspec.json.Encoder()
@@ -478,6 +479,18 @@ class _SettingsRecord:
         return [e for e in kept if e is not None]
 
 
+Record = _TaskRecord | _WorkerRecord | _SettingsRecord
+"""One entity's fold state (see :meth:`Ledger.records`)."""
+
+
+def retain(records: Iterable[Record], kept: dict[str, ev.Event]) -> None:
+    """Add the events these records still depend on to ``kept``, by id: a claim is both its
+    task's and its worker's."""
+    for record in records:
+        for event in record.retained():
+            kept[event.id] = event
+
+
 _POOL_FIELDS = ("concurrency_limit", "paused")
 _QUEUE_FIELDS = ("priority", "concurrency_limit", "paused")
 
@@ -586,19 +599,20 @@ class Ledger:
         """A small set of events that folds back into exactly this state (for snapshots).
 
         The fold is order-free and keeps only the latest event of each kind it needs, so the
-        events still referenced by the records are enough to rebuild them.
+        events still referenced by the records are enough to rebuild them, in any order.
         """
         kept: dict[str, ev.Event] = {}
-        records: list[_TaskRecord | _WorkerRecord | _SettingsRecord] = [
+        retain(self.records(), kept)
+        return list(kept.values())
+
+    def records(self) -> list[Record]:
+        """Every record as of now: a snapshot taken in steps reads them a few at a time."""
+        return [
             *self._tasks.values(),
             *self._workers.values(),
             *self._pools.values(),
             *self._queues.values(),
         ]
-        for record in records:
-            for event in record.retained():
-                kept[event.id] = event
-        return sorted(kept.values(), key=lambda e: e.order_key)
 
     def intervals(self, task: str) -> list[SlotInterval]:
         """The task's slot stretches, or [] if no event named it."""

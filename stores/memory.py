@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import os
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import islice
 from pathlib import Path
@@ -19,7 +19,7 @@ import msgspec
 
 from workledger.core.errors import StoreError
 from workledger.core.events import EventType
-from workledger.projections.fold import Ledger
+from workledger.projections.fold import Ledger, retain
 from workledger.projections.liveness import DEFAULT_MULTIPLIER, liveness
 from workledger.projections.utilization import Grouping, UtilizationRow, Window, utilization
 from workledger.projections.views import (
@@ -58,12 +58,23 @@ _EPOCH = datetime.min
 
 
 class _Snapshot(msgspec.Struct, kw_only=True):
-    format: int = 1
+    """Format 2 holds the events as ``parts``, each a msgpack list of events encoded in a step
+    of its own (:meth:`MemoryStore.dump_in_steps`); format 1 held them as one ``events`` list.
+    ``parts`` comes last, so its bytes can follow the rest without being copied into it."""
+
+    format: int = 2
     checkpoint: int
     applied: int
     quarantined_total: int
-    events: list[EventType]
+    events: list[EventType] = []
     quarantine: list[Quarantined]
+    parts: list[msgspec.Raw] = []
+
+
+# A snapshot step reads and encodes this many records: ~5 ms of the loop.
+_PER_STEP = 3_000
+_EVENTS = msgspec.msgpack.Decoder(list[EventType])
+_EMPTY_ARRAY = b"\x90"
 
 
 class MemoryStore:
@@ -409,16 +420,37 @@ class MemoryStore:
         write_snapshot(path, self.dump())
 
     def dump(self) -> bytes:
-        """The snapshot's bytes: taken wherever the store is written (the daemon's event
-        loop), so that :func:`write_snapshot` can do the slow disk part in a thread."""
-        snapshot = _Snapshot(
+        """The snapshot's bytes, taken at once (the daemon's last one, as it stops)."""
+        *_, chunks = self.dump_in_steps()
+        assert chunks is not None
+        return b"".join(chunks)
+
+    def dump_in_steps(self, *, per_step: int = _PER_STEP) -> Iterator[list[bytes] | None]:
+        """The snapshot, last, as chunks of bytes to write one after another
+        (:func:`write_snapshot`), after a None between each two steps of ``per_step`` records
+        read and encoded: the daemon folds batches and answers queries between them, where
+        one pass over a million tasks held its loop for seconds.
+
+        It is taken at the checkpoint of its first step, and the records are listed then. A
+        record read after more batches were folded gives the events of its later state; that
+        is still exact, because a restart replays the stream from the snapshot's checkpoint
+        and the fold is order-free and idempotent: an event folded twice changes nothing.
+        """
+        head = _Snapshot(
             checkpoint=self._checkpoint,
             applied=self._applied,
             quarantined_total=self._quarantined_total,
-            events=self._ledger.retained_events(),  # type: ignore[arg-type]
             quarantine=list(self._quarantine),
         )
-        return msgspec.msgpack.encode(snapshot)
+        records, parts = self._ledger.records(), []
+        for start in range(0, len(records), per_step):
+            # An event two records keep (a claim is its task's and its worker's sign of
+            # life) is written once per step: read in two steps, it is folded twice.
+            kept: dict[str, EventType] = {}
+            retain(records[start : start + per_step], kept)  # type: ignore[arg-type]
+            parts.append(msgspec.msgpack.encode(list(kept.values())))
+            yield None
+        yield _with_parts(msgspec.msgpack.encode(head), parts)
 
     @classmethod
     def load(cls, path: Path, *, quarantine_limit: int = 10_000) -> MemoryStore:
@@ -428,8 +460,13 @@ class MemoryStore:
         except (OSError, msgspec.DecodeError) as exc:
             raise StoreError(f"cannot read snapshot {path}: {exc}") from exc
         store = cls(quarantine_limit=quarantine_limit)
-        for event in snapshot.events:
-            store._ledger.apply(event)
+        try:
+            parts = [_EVENTS.decode(part) for part in snapshot.parts]
+        except msgspec.DecodeError as exc:
+            raise StoreError(f"cannot read snapshot {path}: {exc}") from exc
+        for events in [snapshot.events, *parts]:
+            for event in events:
+                store._ledger.apply(event)
         store._refresh()
         store._quarantine.extend(snapshot.quarantine)
         store._checkpoint = snapshot.checkpoint
@@ -438,8 +475,22 @@ class MemoryStore:
         return store
 
 
-def write_snapshot(path: Path, data: bytes) -> None:
-    """Write snapshot bytes atomically: temp file, fsync, rename.
+def _with_parts(head: bytes, parts: list[bytes]) -> list[bytes]:
+    """A snapshot encoded with no ``parts`` (its last field, so its last byte is msgpack's
+    empty array), and the parts: the chunks of the same snapshot with them, uncopied."""
+    assert head.endswith(_EMPTY_ARRAY)
+    count = len(parts)
+    if count < 16:
+        header = bytes([0x90 | count])
+    elif count < 1 << 16:
+        header = b"\xdc" + count.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + count.to_bytes(4, "big")
+    return [head[:-1], header, *parts]
+
+
+def write_snapshot(path: Path, data: bytes | Sequence[bytes]) -> None:
+    """Write snapshot bytes (or its chunks, in order) atomically: temp file, fsync, rename.
 
     :raises StoreError: naming the path, if the disk refuses.
     """
@@ -449,7 +500,7 @@ def write_snapshot(path: Path, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tmp.open("wb") as file:
-            file.write(data)
+            file.writelines([data] if isinstance(data, bytes) else data)
             file.flush()
             os.fsync(file.fileno())
         tmp.replace(path)
