@@ -111,6 +111,22 @@ def _duckdb_utilization(workers: int, tasks: int, seed: int, samples: int) -> di
     }
 
 
+def _snapshot(store: MemoryStore) -> dict[str, float]:
+    """What a snapshot of this store costs the daemon's loop: all its steps, and the longest
+    one (queries and batches wait at most that long for it)."""
+    steps, chunks = [], None
+    taking = store.dump_in_steps()
+    while chunks is None:
+        began = time.perf_counter()
+        chunks = next(taking)
+        steps.append(time.perf_counter() - began)
+    return {
+        "snapshot: loop seconds": sum(steps),
+        "snapshot: longest step ms": max(steps) * 1e3,
+        "snapshot: MB": sum(map(len, chunks)) / 1e6,
+    }
+
+
 def _apply(store: Store, batch: list[Sequenced]) -> float:
     began = time.perf_counter()
     store.apply(Batch(events=batch, last_seq=batch[-1].seq))
@@ -202,6 +218,7 @@ def figures(
         found[f"{name}: p50 ms"] = p50
         found[f"{name}: p99 ms"] = p99
     found["apply: heartbeats of distinct workers/s"] = _heartbeats(store, min(workers, 20_000))
+    found |= _snapshot(store)
     if duckdb:
         del store  # its memory back before the second fleet is built
         found |= _duckdb_utilization(workers, tasks, seed, max(samples // 40, 3))
