@@ -79,12 +79,14 @@ def plan(store: Store, now: datetime, config: ReaperConfig) -> list[ev.Event]:
     """The events a reaper publishes at ``now``, given the store's current read model.
 
     Pure apart from reading the store: two daemons with the same model and configuration
-    plan the same events, ids and times included.
+    plan the same events, ids and times included. It asks the store for the gone workers
+    alone (OFFLINE, LOST, STOPPED), which an index answers without reading the ONLINE ones.
     """
     events: list[ev.Event] = []
-    for found in store.workers(now=now, multiplier=config.multiplier):
-        if found.worker.pool is not None and found.status in _GONE:
-            events += _verdicts(store, found, now, config)
+    for status in _GONE:
+        for found in store.workers(now=now, multiplier=config.multiplier, status=status):
+            if found.worker.pool is not None:
+                events += _verdicts(store, found, now, config)
     return events
 
 

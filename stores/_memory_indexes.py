@@ -27,6 +27,7 @@ __all__ = [
     "FleetCounts",
     "LiveTally",
     "SeenIndex",
+    "SeenKey",
     "SlotTally",
     "SortedKeys",
     "TimeIndex",
@@ -362,6 +363,15 @@ class LiveTally:
             self.discard(old)
         if new is not None:
             self.add(new)
+
+    def offline(self, now: datetime, multiplier: float) -> Iterator[str]:
+        """The workers listed here that are OFFLINE at ``now``: each shape's oldest-seen, up
+        to its grace (a bisection per pool and shape, then only what it yields)."""
+        for shapes in self._seen.values():
+            for (beat, _, _), seen in shapes.items():
+                gone = len(seen) - _online(seen, now, timedelta(seconds=beat * multiplier))
+                for _, worker in seen.islice(0, gone):
+                    yield worker
 
     def count(
         self,

@@ -42,9 +42,11 @@ from workledger.stores._memory_indexes import (
     FleetCounts,
     LiveTally,
     SeenIndex,
+    SeenKey,
     SlotTally,
     SortedKeys,
     TimeIndex,
+    seen_key,
 )
 from workledger.stores.base import Batch, ReadModel, StoreStats
 
@@ -93,6 +95,7 @@ class MemoryStore:
         self._slots = SlotTally()
         self._seen = SeenIndex()
         self._live = LiveTally()
+        self._untallied: set[str] = set()  # workers neither stopped nor lost it does not list
         self._worker_pairs: Counter[_Pair] = Counter()  # (pool, None | queue) workers name
         self._unfinished_pairs: Counter[_Pair] = Counter()  # (pool, queue) unfinished tasks name
         # Slot stretches and sessions are derived only when asked for (utilization, the read
@@ -146,6 +149,10 @@ class MemoryStore:
             return
         self._seen.move(old, new)
         self._live.move(old, new)
+        if new is not None and _untallied(new):
+            self._untallied.add(worker_id)
+        else:
+            self._untallied.discard(worker_id)
         if old is None or new is None or old.pool != new.pool or old.queues != new.queues:
             if old is not None:
                 _tally(self._worker_pairs, _worker_pairs(old), -1)
@@ -268,8 +275,13 @@ class MemoryStore:
             return []
         found = []
         final = status if status in _FINAL else None
-        candidates = self._seen.candidates(
-            pool=pool, queue=queue, task_keys=keys, labels=wanted, final=final
+        fleet_wide = pool is None and queue is None and not keys and not wanted
+        candidates: Iterable[SeenKey] = (
+            self._offline(now, multiplier)
+            if status is WorkerStatus.OFFLINE and fleet_wide
+            else self._seen.candidates(
+                pool=pool, queue=queue, task_keys=keys, labels=wanted, final=final
+            )
         )
         for _, worker_id in candidates:
             view = self._workers[worker_id]
@@ -281,6 +293,15 @@ class MemoryStore:
                 if limit is not None and len(found) >= limit:
                     break
         return found
+
+    def _offline(self, now: datetime, multiplier: float) -> list[SeenKey]:
+        """A superset of the workers OFFLINE at ``now``, newest-seen first: those
+        :class:`LiveTally` lists as seen before their grace, and those it does not list (no
+        pool, or never seen). Walking every worker newest-seen first would read all the ONLINE
+        ones before them: the reaper asks this of the whole fleet each pass. (A filtered query
+        walks its filter's list instead, which stops at its limit.)"""
+        ids = [*self._live.offline(now, multiplier), *self._untallied]
+        return sorted(seen_key(self._workers[worker]) for worker in ids)
 
     def worker(
         self, worker: str, *, now: datetime, multiplier: float = DEFAULT_MULTIPLIER
@@ -540,6 +561,11 @@ def _session_span(session: WorkerSession) -> tuple[datetime, datetime | None]:
     if end is None and session.last_seen is None:
         end = session.started_at  # never seen: no capacity at all
     return session.started_at, end
+
+
+def _untallied(view: WorkerView) -> bool:
+    """Not in :class:`LiveTally`'s lists, yet possibly OFFLINE: no pool, or never seen."""
+    return not view.stopped and not view.lost and (view.pool is None or view.last_seen is None)
 
 
 def _pool(view: WorkerView | None) -> str | None:
