@@ -123,7 +123,7 @@ def _snapshot(store: MemoryStore) -> dict[str, float]:
     return {
         "snapshot: loop seconds": sum(steps),
         "snapshot: longest step ms": max(steps) * 1e3,
-        "snapshot: MB": sum(map(len, chunks)) / 1e6,
+        "snapshot: bytes": sum(map(len, chunks)),
     }
 
 
