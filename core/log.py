@@ -19,6 +19,7 @@ import functools
 import hashlib
 import logging
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -47,6 +48,7 @@ __all__ = [
     "ensure_stream",
     "envelope_pool",
     "envelope_subject",
+    "last_sequence",
     "stream_info",
     "subject_for",
 ]
@@ -357,6 +359,28 @@ async def stream_info(js: JetStreamContext, config: LogConfig) -> StreamInfo:
     """
     with translated(f"reading stream {config.stream!r}", stream=config.stream):
         return await js.stream_info(config.stream)
+
+
+async def last_sequence(
+    js: JetStreamContext, config: LogConfig, subjects: Sequence[str] = ()
+) -> int:
+    """The stream's last sequence; with ``subjects`` (wildcards too), the last of a message on
+    one of them, or 0 if none holds one.
+
+    :raises StreamNotFoundError: if the configured stream does not exist.
+    """
+    state = (await stream_info(js, config)).state  # first, so a missing stream is named
+    if not subjects:
+        return int(state.last_seq)
+    found = 0
+    for subject in subjects:
+        with translated(f"reading the last message on {subject!r} in stream {config.stream!r}"):
+            try:
+                message = await js.get_last_msg(config.stream, subject)
+                found = max(found, message.seq or 0)
+            except nats.js.errors.NotFoundError:  # nothing on that subject yet
+                continue
+    return found
 
 
 # While a cluster forms, JetStream does not answer yet (no meta leader: a timeout), or says it

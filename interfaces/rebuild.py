@@ -23,13 +23,12 @@ from typing import Any
 
 import anyio
 import click
-import nats.js.errors
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from workledger._options import log_config, log_options, partition_options
 from workledger.core.errors import StoreError, WorkledgerError
-from workledger.core.log import LogConfig, connect, stream_info
+from workledger.core.log import LogConfig, connect, last_sequence
 from workledger.projections.daemon import Projector, ProjectorConfig, fewer_collections
 from workledger.projections.partitions import split_pools
 from workledger.stores.base import StoreStats
@@ -96,21 +95,9 @@ async def _last_seq(catch_up: ProjectorConfig) -> int:
     """The last sequence the rebuild reads: the stream's, or the last its filters select."""
     client = await connect(catch_up.log)
     try:
-        js = client.jetstream()
-        state = (await stream_info(js, catch_up.log)).state
-        if not catch_up.subjects:
-            return int(state.last_seq)
-        return max([await _last_on(js, catch_up.log.stream, s) for s in catch_up.subjects])
+        return await last_sequence(client.jetstream(), catch_up.log, catch_up.subjects)
     finally:
         await client.close()
-
-
-async def _last_on(js: Any, stream: str, subject: str) -> int:
-    """The sequence of the stream's last message on ``subject`` (wildcards too), or 0."""
-    try:
-        return int((await js.get_last_msg(stream, subject)).seq)
-    except nats.js.errors.NotFoundError:
-        return 0
 
 
 def catch_up_config(

@@ -19,11 +19,12 @@ import msgspec
 import pytest
 
 from workledger.core import events as ev
-from workledger.core.log import LogConfig, connect, ensure_stream
+from workledger.core.errors import StreamNotFoundError
+from workledger.core.log import LogConfig, connect, ensure_stream, last_sequence
 from workledger.core.nats_server import EmbeddedCluster
 from workledger.core.publisher import Publisher
 from workledger.projections.daemon import Projector, ProjectorConfig
-from workledger.projections.partitions import UNPOOLED, pool_subjects
+from workledger.projections.partitions import UNPOOLED, partition_subjects, pool_subjects
 from workledger.projections.views import TaskStatus
 from workledger.stores.base import Store
 from workledger.stores.duckdb import DuckDBStore
@@ -208,3 +209,27 @@ async def _running(projector: Projector) -> AsyncIterator[Projector]:
 def _close(store: Store) -> None:
     if isinstance(store, DuckDBStore):
         store.close()
+
+
+async def test_the_last_sequence_of_a_partition_is_that_of_its_subjects_last_message(
+    log_stream: LogConfig,
+) -> None:
+    """What a partition's rebuild stops at: the last message on its subjects (wildcards), 0
+    when none holds one, the stream's last without subjects; a missing stream is named."""
+    prefix = log_stream.subject_prefix
+    async with Publisher(log_stream) as pub:
+        await pub.publish(ev.WorkerHeartbeat(worker="w", pool="etl"))  # 1
+        await pub.publish(ev.TaskCompleted(task="t"))  # 2, without a pool
+        await pub.publish(ev.WorkerHeartbeat(worker="v", pool="gpu"))  # 3
+    nc = await connect(log_stream)
+    try:
+        js = nc.jetstream()
+        assert await last_sequence(js, log_stream) == 3
+        assert await last_sequence(js, log_stream, partition_subjects(prefix, ["etl"])) == 2
+        assert await last_sequence(js, log_stream, pool_subjects(prefix, ["etl"])) == 1
+        assert await last_sequence(js, log_stream, pool_subjects(prefix, ["none"])) == 0
+        missing = msgspec.structs.replace(log_stream, stream="NOPE")
+        with pytest.raises(StreamNotFoundError, match="NOPE"):
+            await last_sequence(js, missing, pool_subjects(prefix, ["etl"]))
+    finally:
+        await nc.close()
