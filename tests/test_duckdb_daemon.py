@@ -129,7 +129,8 @@ def test_a_pool_daemons_file_equals_a_rebuild_of_its_pools(
     history = _fleet(900, pool_less=0.5)
     _publish_all(log_stream, history)
     live = tmp_path / "etl.duckdb"
-    etl = sum(1 for e in history if _task_or_worker_pool(e) == "etl")
+    pool_of = {e.task: e.pool for e in history if isinstance(e, ev.TaskSubmitted)}
+    etl = sum(1 for e in history if (e.pool_key or pool_of[e.entity_key]) == "etl")
 
     async def project() -> None:
         settings = ProjectorConfig(log=log_stream, pools=("etl",))
@@ -149,15 +150,3 @@ def test_a_pool_daemons_file_equals_a_rebuild_of_its_pools(
     assert (model, stats) == opened(tmp_path / "rebuilt.duckdb")
     assert model.tasks == [t for t in fold(history).read_model().tasks if t.pool == "etl"]
     assert len({t.pool for t in fold(history).read_model().tasks}) == 3
-
-
-def _task_or_worker_pool(event: ev.Event) -> str | None:
-    """The pool an event of ``_fleet`` belongs to: its own, or its task's (named ``t<n>`` by
-    the submission that comes first)."""
-    if event.pool_key is not None:
-        _POOL_OF.setdefault(event.entity_key, event.pool_key)
-        return event.pool_key
-    return _POOL_OF[event.entity_key]
-
-
-_POOL_OF: dict[str, str] = {}

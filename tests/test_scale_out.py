@@ -54,25 +54,27 @@ def _fleet(size: int, seed: int = 11, pool_less: float = 0.0) -> list[ev.Event]:
         task += 1
         worker, pool = rng.choice(workers)
         name = f"t{task}"
-
-        def route(name: str = name, pool: str = pool) -> dict[str, Any]:
-            return {"task": name, "pool": None if rng.random() < pool_less else pool}
-
         out += [
             ev.TaskSubmitted(task=name, pool=pool, queue=rng.choice("ab")),
-            ev.TaskClaimed(**route(), worker=worker),
+            ev.TaskClaimed(task=name, pool=_hint(rng, pool, pool_less), worker=worker),
         ]
-        out += [ev.TaskStarted(**route(), worker=worker)] if rng.random() < 0.8 else []
+        if rng.random() < 0.8:
+            out.append(ev.TaskStarted(task=name, pool=_hint(rng, pool, pool_less), worker=worker))
         ending = rng.random()
         if ending < 0.6:
-            out.append(ev.TaskCompleted(**route()))
+            out.append(ev.TaskCompleted(task=name, pool=_hint(rng, pool, pool_less)))
         elif ending < 0.7:
-            out.append(ev.TaskFailed(**route(), error="boom"))
+            out.append(ev.TaskFailed(task=name, pool=_hint(rng, pool, pool_less), error="boom"))
         out.append(ev.WorkerHeartbeat(worker=worker, pool=pool))
     return [
         msgspec.structs.replace(e, id=f"e{i}", at=BASE + timedelta(milliseconds=300 * i))
         for i, e in enumerate(out)
     ]
+
+
+def _hint(rng: random.Random, pool: str, pool_less: float) -> str | None:
+    """A task event's pool hint: left out with probability ``pool_less``."""
+    return None if rng.random() < pool_less else pool
 
 
 ANSWERS: dict[str, Callable[[MemoryStore], list[Any]]] = {
