@@ -7,11 +7,13 @@ import tempfile
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from workledger.core import events as ev
-from workledger.stores.base import Batch
+from workledger.core.errors import StoreError
+from workledger.stores.base import Batch, Sequenced
 from workledger.stores.memory import MemoryStore, write_snapshot
 
 from .test_store_contract import answers, batched, t
@@ -74,3 +76,20 @@ def test_a_snapshot_in_the_first_format_still_loads() -> None:
         2,
         2,
     )
+
+
+def test_a_damaged_snapshot_is_a_clear_error_naming_its_file(tmp_path: Path) -> None:
+    """Cut short, or with a part that holds no events: StoreError with the path, not a crash
+    deep in the fold (the daemon stops with that line; the stream still holds everything)."""
+    store = MemoryStore()
+    submitted = ev.TaskSubmitted(task="t", pool="p", queue="q", id="a", at=t(1))
+    store.apply(Batch(events=[Sequenced(1, "s", submitted)], last_seq=1))
+    whole = store.dump()
+    head = {"checkpoint": 1, "applied": 1, "quarantined_total": 0, "quarantine": []}
+    no_events = msgspec.Raw(msgspec.msgpack.encode([1, 2]))
+    not_events = msgspec.msgpack.encode({**head, "parts": [no_events]})
+    for name, data in (("cut", whole[: len(whole) // 2]), ("parts", not_events)):
+        path = tmp_path / f"{name}.snapshot"
+        path.write_bytes(data)
+        with pytest.raises(StoreError, match=f"cannot read snapshot .*{name}.snapshot"):
+            MemoryStore.load(path)
