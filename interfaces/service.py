@@ -22,7 +22,6 @@ import contextlib
 import logging
 import signal
 import socket
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -210,9 +209,9 @@ async def _snapshots(store: MemoryStore, config: ServiceConfig) -> None:
         last, busy = store.stats().checkpoint, 0.0
         steps = store.dump_in_steps()
         while True:
-            began = time.perf_counter()
+            began = anyio.current_time()
             data = next(steps)
-            busy += time.perf_counter() - began
+            busy += anyio.current_time() - began
             if data is not None:
                 break
             await anyio.lowlevel.checkpoint()
