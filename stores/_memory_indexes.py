@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections import Counter
-from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import chain, groupby
 from typing import Any
@@ -21,7 +21,13 @@ import msgspec
 from sortedcontainers import SortedList
 
 from workledger.projections.utilization import micros
-from workledger.projections.views import SlotCount, SlotHolder, WorkerStatus, WorkerView
+from workledger.projections.views import (
+    SlotCount,
+    SlotHolder,
+    TaskView,
+    WorkerStatus,
+    WorkerView,
+)
 
 __all__ = [
     "FleetCounts",
@@ -30,6 +36,7 @@ __all__ = [
     "SeenKey",
     "SlotTally",
     "SortedKeys",
+    "TaskKeys",
     "TimeIndex",
     "seen_key",
 ]
@@ -584,3 +591,50 @@ class TimeIndex:
         for hour in hours:
             found |= self._hours.get(hour, set())
         return found
+
+
+class TaskKeys:
+    """Which tasks have named each pool, queue and worker.
+
+    A filter that matches few tasks then reads those few instead of walking every task to
+    find that few match. A task is listed under a key when it comes to name it: its pool and
+    queue when submitted, its worker on each claim, so most touches list nothing. Lists only
+    grow (a task that moved on stays listed, so readers check each one), as appending is the
+    cheapest thing a batch can do per task; ``pool_less`` is exact, for every pool reads it.
+    """
+
+    __slots__ = ("pool_less", "pools", "queues", "workers")
+
+    def __init__(self) -> None:
+        self.pools: defaultdict[str, list[str]] = defaultdict(list)
+        self.queues: defaultdict[str, list[str]] = defaultdict(list)
+        self.workers: defaultdict[str, list[str]] = defaultdict(list)
+        self.pool_less: set[str] = set()  # may count in their worker's pool
+
+    def move(self, old: TaskView | None, new: TaskView) -> None:
+        task, pool, queue, worker = new.task, new.pool, new.queue, new.worker
+        if old is None or old.pool != pool:
+            if pool is None:
+                self.pool_less.add(task)
+            else:
+                self.pools[pool].append(task)
+                if old is not None and old.pool is None:
+                    self.pool_less.discard(task)
+        if queue is not None and (old is None or old.queue != queue):
+            self.queues[queue].append(task)
+        if worker is not None and (old is None or old.worker != worker):
+            self.workers[worker].append(task)
+
+    def candidates(
+        self, pool: str | None, queue: str | None, worker: str | None
+    ) -> list[Collection[str]] | None:
+        """The fewest tasks listed under every filter given (in parts to read one after
+        another, maybe more than once), or None without a filter."""
+        options: list[list[Collection[str]]] = []
+        if pool is not None:
+            options.append([self.pools.get(pool, ()), self.pool_less])
+        if queue is not None:
+            options.append([self.queues.get(queue, ())])
+        if worker is not None:
+            options.append([self.workers.get(worker, ())])
+        return min(options, key=lambda parts: sum(map(len, parts))) if options else None

@@ -12,7 +12,8 @@ import os
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from itertools import islice
+from itertools import chain, islice
+from operator import itemgetter
 from pathlib import Path
 
 import msgspec
@@ -45,6 +46,7 @@ from workledger.stores._memory_indexes import (
     SeenKey,
     SlotTally,
     SortedKeys,
+    TaskKeys,
     TimeIndex,
     seen_key,
 )
@@ -57,6 +59,7 @@ _FINAL = frozenset({WorkerStatus.STOPPED, WorkerStatus.LOST})  # no clock change
 _WINDOWED = frozenset({"worker", "pool", "task_key", "stage"})  # see MemoryStore._touching
 
 _EPOCH = datetime.min
+_WALK_PER_CANDIDATE = 2  # see MemoryStore.tasks
 
 
 class _Snapshot(msgspec.Struct, kw_only=True):
@@ -89,6 +92,7 @@ class MemoryStore:
         # Newest-updated first per status, so `tasks(limit=...)` reads only what it returns
         # instead of sorting every task on each query; without a status it merges these.
         self._by_status: dict[TaskStatus, SortedKeys] = {s: SortedKeys() for s in TaskStatus}
+        self._task_keys = TaskKeys()  # so a pool, queue or worker matching few reads those few
         self._held_by: dict[str, set[str]] = {}  # worker -> tasks holding one of its slots
         # Holding tasks with no pool of their own count in their worker's: redo them when it moves.
         self._borrowing: dict[str, set[str]] = {}
@@ -174,6 +178,7 @@ class MemoryStore:
             return
         old = self._tasks.get(task_id)
         self._tasks[task_id] = new
+        self._task_keys.move(old, new)
         status = new.status
         if old is None:
             self._by_status[status].add(_newest_first(new))
@@ -244,17 +249,50 @@ class MemoryStore:
         worker: str | None = None,
         limit: int = 100,
     ) -> list[TaskView]:
-        lists = self._by_status
-        ordered = lists[status] if status is not None else heapq.merge(*lists.values())
-        views = (self._tasks[task_id] for _, task_id in ordered)
-        matching = (
-            v
-            for v in views
-            if (pool is None or self._pool_of(v) == pool)
-            and (queue is None or v.queue == queue)
-            and (worker is None or v.worker == worker)
-        )
-        return list(islice(matching, limit))
+        """Walks the newest-updated-first list until ``limit`` match, unless the filters'
+        tasks (:class:`TaskKeys`) are fewer than the walk would read: then sorts those."""
+        if limit <= 0:
+            return []
+        lists = [self._by_status[status]] if status is not None else self._by_status.values()
+        ordered = heapq.merge(*(keys for keys in lists if len(keys)))
+        candidates = self._task_keys.candidates(pool, queue, worker)
+        if candidates is None:
+            return [self._tasks[task_id] for _, task_id in islice(ordered, limit)]
+        # Walk while that costs at most a few times reading the candidates: a filter matching
+        # many finds its newest soon; one matching few would walk (nearly) every task.
+        budget = _WALK_PER_CANDIDATE * sum(map(len, candidates))
+        walked = map(itemgetter(1), islice(ordered, budget))
+        found = list(islice(self._matching(walked, None, pool, queue, worker), limit))
+        if len(found) == limit or sum(map(len, lists)) <= budget:  # enough, or every task
+            return found
+        listed = dict.fromkeys(chain.from_iterable(candidates))
+        chosen = self._matching(listed, status, pool, queue, worker)
+        return heapq.nsmallest(limit, chosen, key=_newest_first)
+
+    def _matching(
+        self,
+        task_ids: Iterable[str],
+        status: TaskStatus | None,
+        pool: str | None,
+        queue: str | None,
+        worker: str | None,
+    ) -> Iterator[TaskView]:
+        """The tasks that pass the filters, tested inline: a call per task walked would take
+        a fifth of the walk."""
+        tasks = self._tasks
+        for task_id in task_ids:
+            view = tasks[task_id]
+            if (
+                (status is None or view.status is status)
+                and (queue is None or view.queue == queue)
+                and (worker is None or view.worker == worker)
+                and (
+                    pool is None
+                    or view.pool == pool
+                    or (view.pool is None and self._pool_of(view) == pool)
+                )
+            ):
+                yield view
 
     def workers(
         self,

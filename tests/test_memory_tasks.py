@@ -1,16 +1,18 @@
 """The in-memory store's task lists answer exactly what sorting every task of the fold would.
 
 ``MemoryStore.tasks`` walks per-status lists kept newest-updated first (merged when no status
-is asked for) and stops at ``limit``; these compare it, for random histories applied in random
+is asked for) and stops at ``limit``, or sorts the tasks listed under the pool, queue or worker
+asked for when those are fewer; these compare it, for random histories applied in random
 batches, with a brute-force sort of a fresh :class:`Ledger`'s views.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,11 +21,14 @@ from workledger.core import events as ev
 from workledger.projections.fold import Ledger
 from workledger.projections.views import TaskStatus, TaskView
 from workledger.stores import _memory_indexes as indexes
+from workledger.stores import memory
+from workledger.stores.base import Batch, Sequenced
 from workledger.stores.memory import MemoryStore
 
-from .histories import POOLS, QUEUES, WORKERS
+from .histories import BASE, POOLS, QUEUES, WORKERS
 from .test_memory_indexes import folded
 
+_NO_FILTER = {"status": None, "pool": None, "queue": None, "worker": None, "limit": 100}
 _QUERIES = st.fixed_dictionaries(
     {
         "status": st.none() | st.sampled_from(TaskStatus),
@@ -64,14 +69,19 @@ def _timestamp(moment: datetime | None) -> float:
     return moment.timestamp() if moment is not None else float("-inf")
 
 
+@pytest.mark.parametrize("walk", [0, 2, 10**9], ids=["sorting-candidates", "either", "walking"])
 @settings(max_examples=200, deadline=None)
 @given(case=folded(), query=_QUERIES)
 def test_tasks_newest_updated_first_equal_a_sort_of_every_task(
-    case: tuple[list[ev.Event], MemoryStore], query: dict[str, Any]
+    walk: int, case: tuple[list[ev.Event], MemoryStore], query: dict[str, Any]
 ) -> None:
-    """With or without a status, the walk's prefix is the sorted scan's, whatever the batches."""
+    """With or without a status, the walk's prefix is the sorted scan's, whatever the batches;
+    and so is the sort of the tasks listed under a pool, queue or worker, which a filter
+    matching few reads instead (``walk``: how many tasks it walks per listed task first)."""
     history, store = case
-    assert store.tasks(**query) == _brute(history, query)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(memory, "_WALK_PER_CANDIDATE", walk)
+        assert store.tasks(**query) == _brute(history, query)
     for status in (None, *TaskStatus):
         every = {"status": status, "pool": None, "queue": None, "worker": None, "limit": 100}
         assert store.tasks(**every) == _brute(history, every)
@@ -123,3 +133,48 @@ def test_a_chunk_left_nearly_empty_joins_the_next() -> None:
             + [("read", 0), ("discard", 15), ("discard", 15), ("discard", 3), ("add", 3)]
             + [("add", 20), ("flush", 0), ("discard", 7), ("discard", 20), ("read", 0)]
         )
+
+
+@pytest.mark.parametrize("walk", [0, 10**9], ids=["sorting-candidates", "walking"])
+def test_a_filter_reads_a_task_once_as_it_is_now_whatever_it_named_before(walk: int) -> None:
+    """A task that moved between workers is one answer of its worker now and none of the one
+    it left; a task naming no pool counts in its worker's; a key nobody names matches none."""
+    history = [
+        msgspec.structs.replace(e, id=f"e{i}", at=BASE + timedelta(seconds=i))
+        for i, e in enumerate(
+            [
+                ev.WorkerStarted(worker="g1", pool="gpu", slots=2),
+                *(ev.TaskSubmitted(task=f"bulk{i}", pool="cpu", queue="q") for i in range(50)),
+                ev.TaskClaimed(task="orphan", worker="g1"),  # no pool, no submission seen
+                ev.TaskSubmitted(task="moved", pool="cpu", queue="q"),
+                ev.TaskClaimed(task="moved", worker="w1"),
+                ev.TaskRetrying(task="moved"),
+                ev.TaskClaimed(task="moved", worker="w2"),
+                ev.TaskRetrying(task="moved"),
+                ev.TaskClaimed(task="moved", worker="w1"),
+                *(ev.TaskSubmitted(task=f"late{i}", pool="cpu", queue="q") for i in range(50)),
+            ]
+        )
+    ]
+    store = MemoryStore()
+    for seq, event in enumerate(history, 1):  # so each worker of "moved" is indexed
+        store.apply(Batch(events=[Sequenced(seq, "s", event)], last_seq=seq))
+    queries: list[dict[str, Any]] = [
+        {"worker": "w1"},
+        {"worker": "w2"},
+        {"pool": "gpu"},
+        {"pool": "nope"},
+        {"queue": "nope"},
+        {"pool": "cpu", "worker": "w1"},
+        {"status": TaskStatus.PENDING, "pool": "gpu"},
+    ]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(memory, "_WALK_PER_CANDIDATE", walk)
+        found = {str(q): [v.task for v in store.tasks(**q)] for q in queries}
+    assert found == {
+        str(q): [v.task for v in _brute(history, {**_NO_FILTER, **q})] for q in queries
+    }
+    assert found[str({"worker": "w1"})] == ["moved"]
+    assert found[str({"worker": "w2"})] == []
+    assert found[str({"pool": "gpu"})] == ["orphan"]
+    assert found[str({"pool": "nope"})] == found[str({"queue": "nope"})] == []
