@@ -371,14 +371,22 @@ class LiveTally:
         if new is not None:
             self.add(new)
 
-    def offline(self, now: datetime, multiplier: float) -> Iterator[str]:
-        """The workers listed here that are OFFLINE at ``now``: each shape's oldest-seen, up
-        to its grace (a bisection per pool and shape, then only what it yields)."""
-        for shapes in self._seen.values():
+    def runs(
+        self, now: datetime, multiplier: float, *, online: bool, pool: str | None = None
+    ) -> list[Iterator[SeenKey]]:
+        """The workers listed here (in ``pool``, or in any) that are ONLINE at ``now``, or
+        OFFLINE, as runs newest-seen first: per pool and shape, one bisection splits those
+        seen within its grace from those seen before, and only what is read is read. Workers
+        seen at the same moment may come in any order."""
+        runs: list[Iterator[SeenKey]] = []
+        pools = self._seen.values() if pool is None else [self._seen.get(pool, {})]
+        for shapes in pools:
             for (beat, _, _), seen in shapes.items():
                 gone = len(seen) - _online(seen, now, timedelta(seconds=beat * multiplier))
-                for _, worker in seen.islice(0, gone):
-                    yield worker
+                start, stop = (gone, len(seen)) if online else (0, gone)
+                if start < stop:
+                    runs.append(map(_seen_key, seen.islice(start, stop, reverse=True)))
+        return runs
 
     def count(
         self,
@@ -427,6 +435,10 @@ def _live_facts(view: WorkerView) -> tuple[object, ...]:
         view.slots,
         view.queues,
     )
+
+
+def _seen_key(entry: tuple[datetime, str]) -> SeenKey:
+    return (-entry[0].timestamp(), entry[1])
 
 
 def _counted_pool(view: WorkerView) -> str | None:

@@ -12,7 +12,7 @@ import os
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
-from itertools import chain, islice
+from itertools import chain, groupby, islice
 from operator import itemgetter
 from pathlib import Path
 
@@ -56,6 +56,7 @@ __all__ = ["FleetCounts", "MemoryStore", "write_snapshot"]
 
 _Pair = tuple[str | None, str | None]
 _FINAL = frozenset({WorkerStatus.STOPPED, WorkerStatus.LOST})  # no clock changes these
+_BY_CLOCK = frozenset({WorkerStatus.ONLINE, WorkerStatus.OFFLINE})  # the clock decides these
 _WINDOWED = frozenset({"worker", "pool", "task_key", "stage"})  # see MemoryStore._touching
 
 _EPOCH = datetime.min
@@ -313,10 +314,10 @@ class MemoryStore:
             return []
         found = []
         final = status if status in _FINAL else None
-        fleet_wide = pool is None and queue is None and not keys and not wanted
+        by_clock = status in _BY_CLOCK and queue is None and not keys and not wanted
         candidates: Iterable[SeenKey] = (
-            self._offline(now, multiplier)
-            if status is WorkerStatus.OFFLINE and fleet_wide
+            self._by_clock(now, multiplier, pool, online=status is WorkerStatus.ONLINE)
+            if by_clock
             else self._seen.candidates(
                 pool=pool, queue=queue, task_keys=keys, labels=wanted, final=final
             )
@@ -332,14 +333,20 @@ class MemoryStore:
                     break
         return found
 
-    def _offline(self, now: datetime, multiplier: float) -> list[SeenKey]:
-        """A superset of the workers OFFLINE at ``now``, newest-seen first: those
-        :class:`LiveTally` lists as seen before their grace, and those it does not list (no
-        pool, or never seen). Walking every worker newest-seen first would read all the ONLINE
-        ones before them: the reaper asks this of the whole fleet each pass. (A filtered query
-        walks its filter's list instead, which stops at its limit.)"""
-        ids = [*self._live.offline(now, multiplier), *self._untallied]
-        return sorted(seen_key(self._workers[worker]) for worker in ids)
+    def _by_clock(
+        self, now: datetime, multiplier: float, pool: str | None, *, online: bool
+    ) -> Iterator[SeenKey]:
+        """A superset of the workers (of ``pool``, or of any) ONLINE at ``now``, or OFFLINE,
+        newest-seen first and read only as far as the caller reads: those :class:`LiveTally`
+        lists as seen within their grace or before it, and those it does not list (no pool,
+        or never seen). Walking the workers newest-seen first would read every ONLINE one
+        before the first OFFLINE (the reaper asks for those of the whole fleet each pass), or
+        every OFFLINE one when few are ONLINE."""
+        untallied = sorted(seen_key(self._workers[worker]) for worker in self._untallied)
+        runs = self._live.runs(now, multiplier, online=online, pool=pool)
+        merged = heapq.merge(*runs, untallied, key=itemgetter(0))
+        for _, same_moment in groupby(merged, key=itemgetter(0)):  # ties: by id, as walks are
+            yield from sorted(same_moment)
 
     def worker(
         self, worker: str, *, now: datetime, multiplier: float = DEFAULT_MULTIPLIER
