@@ -184,6 +184,10 @@ def _queries(store: MemoryStore) -> dict[str, tuple[Callable[[int], object], int
             lambda i: store.workers(now=NOW, pool=f"p{i % _POOLS}", queue="q1", limit=100),
             1,
         ),
+        "OFFLINE workers, whole fleet (limit 100)": (
+            lambda i: store.workers(now=NOW, status=WorkerStatus.OFFLINE, limit=100),
+            1,
+        ),
         "tasks of one worker (limit 100)": (lambda i: store.tasks(worker=f"w{i}"), 1),
         "tasks of one pool (limit 100)": (lambda i: store.tasks(pool=f"p{i % _POOLS}"), 1),
         "slot counts, all pools": (lambda i: store.slot_counts(), 1),
