@@ -22,7 +22,7 @@ from workledger.stores.base import Batch, Sequenced, Store
 from workledger.stores.duckdb import DuckDBStore
 from workledger.stores.memory import MemoryStore
 
-from .histories import BASE, KEYS, POOLS, QUEUES, histories
+from .histories import BASE, KEYS, POOLS, QUEUES, WORKERS, histories
 from .test_fold import at
 
 STORES = ["memory", "duckdb"]
@@ -293,6 +293,10 @@ def answers(store: Store) -> dict[str, object]:
             found[f"workers {now} {m} {status}"] = store.workers(now=now, status=status, limit=2)
     for pool in (None, *POOLS):
         found[f"workers {pool}"] = store.workers(now=t(100), pool=pool)
+        for status in (WorkerStatus.ONLINE, WorkerStatus.OFFLINE):
+            found[f"workers {pool} {status}"] = store.workers(
+                now=t(300), pool=pool, status=status, limit=2
+            )
         found[f"counts {pool}"] = store.slot_counts(pool=pool)
         found[f"queues {pool}"] = store.queues(pool=pool)
         for queue in (None, *QUEUES):
@@ -306,6 +310,8 @@ def answers(store: Store) -> dict[str, object]:
         found[f"workers l {labels}"] = store.workers(now=t(100), labels=labels, limit=3)
     for task_status in TaskStatus:
         found[f"tasks {task_status}"] = store.tasks(status=task_status)
+    for worker in (*WORKERS, "nope"):
+        found[f"tasks w {worker}"] = store.tasks(worker=worker, limit=3)
     for name in ("t1", "t 5", "nope"):
         found[f"task {name}"] = store.task(name)
     found["pools"] = store.pools()
