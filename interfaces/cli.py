@@ -365,11 +365,24 @@ def slots(api: str, as_json: bool, pool: str | None, queue: str | None) -> None:
 @main.command()
 @_api_option
 @click.option("--status", type=click.Choice([s.value for s in TaskStatus]), help="Only these.")
+@click.option("--pool", help="Only this pool's (a task naming none counts in its worker's).")
+@click.option("--queue", help="Only this queue's.")
+@click.option("--worker", help="Only those this worker holds or last held.")
 @click.option("--limit", default=50, show_default=True)
-def tasks(api: str, as_json: bool, status: str | None, limit: int) -> None:
-    """Tasks, most recently updated first."""
+def tasks(
+    *,
+    api: str,
+    as_json: bool,
+    status: str | None,
+    pool: str | None,
+    queue: str | None,
+    worker: str | None,
+    limit: int,
+) -> None:
+    """Tasks, most recently updated first; each filter given must match."""
+    wanted = TaskStatus(status) if status else None
     found = _query(
-        api, lambda c: c.tasks(status=TaskStatus(status) if status else None, limit=limit)
+        api, lambda c: c.tasks(status=wanted, pool=pool, queue=queue, worker=worker, limit=limit)
     )
     print_json(found) if as_json else print_tasks(found)
 

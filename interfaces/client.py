@@ -74,9 +74,18 @@ class Client:
         """Slot holders and counts."""
         return self._get("/v1/slots", Slots, _params(pool=pool, queue=queue))
 
-    def tasks(self, *, status: TaskStatus | None = None, limit: int = 100) -> list[TaskView]:
-        """Tasks, most recently updated first."""
-        return self._get("/v1/tasks", list[TaskView], _params(status=status) | {"limit": limit})
+    def tasks(
+        self,
+        *,
+        status: TaskStatus | None = None,
+        pool: str | None = None,
+        queue: str | None = None,
+        worker: str | None = None,
+        limit: int = 100,
+    ) -> list[TaskView]:
+        """Tasks, most recently updated first; each filter given must match."""
+        params = _params(status=status, pool=pool, queue=queue, worker=worker)
+        return self._get("/v1/tasks", list[TaskView], params | {"limit": limit})
 
     def task(self, task: str) -> TaskView | None:
         """One task, or None if the daemon has never seen it."""

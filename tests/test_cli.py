@@ -95,6 +95,15 @@ def test_query_commands_answer_from_a_running_daemon_as_tables_and_json(
         ]
         pending = json.loads(workledger("tasks", "--status", "PENDING", "--json", *api).stdout)
         assert [t["task"] for t in pending] == ["job/1"]
+        for option, value, found in [
+            ("--worker", "w 1", ["job/1"]),
+            ("--worker", "w 2", []),
+            ("--pool", "etl", ["job/1"]),
+            ("--queue", "q", ["job/1"]),
+            ("--queue", "other", []),
+        ]:
+            asked = json.loads(workledger("tasks", option, value, "--json", *api).stdout)
+            assert ([t["task"] for t in asked], option, value) == (found, option, value)
         assert json.loads(workledger("task", "job/1", "--json", *api).stdout)["worker"] == "w 1"
         table = workledger("workers", *api).stdout
         assert "w 1" in table
