@@ -595,18 +595,10 @@ class Ledger:
             updated_at=record.updated_at,
         )
 
-    def retained_events(self) -> list[ev.Event]:
-        """A small set of events that folds back into exactly this state (for snapshots).
-
-        The fold is order-free and keeps only the latest event of each kind it needs, so the
-        events still referenced by the records are enough to rebuild them, in any order.
-        """
-        kept: dict[str, ev.Event] = {}
-        retain(self.records(), kept)
-        return list(kept.values())
-
     def records(self) -> list[Record]:
-        """Every record as of now: a snapshot taken in steps reads them a few at a time."""
+        """Every record as of now. The events they retain (:func:`retain`) fold back into
+        exactly this state, in any order, since the fold is order-free and keeps only the
+        latest event of each kind it needs: a snapshot keeps those, read a few at a time."""
         return [
             *self._tasks.values(),
             *self._workers.values(),
