@@ -100,7 +100,7 @@ class MemoryStore:
         self._slots = SlotTally()
         self._seen = SeenIndex()
         self._live = LiveTally()
-        self._untallied: set[str] = set()  # workers neither stopped nor lost it does not list
+        self._untallied: set[str] = set()  # workers the clock decides that it does not list
         self._worker_pairs: Counter[_Pair] = Counter()  # (pool, None | queue) workers name
         self._unfinished_pairs: Counter[_Pair] = Counter()  # (pool, queue) unfinished tasks name
         # Slot stretches and sessions are derived only when asked for (utilization, the read
@@ -609,7 +609,8 @@ def _session_span(session: WorkerSession) -> tuple[datetime, datetime | None]:
 
 
 def _untallied(view: WorkerView) -> bool:
-    """Not in :class:`LiveTally`'s lists, yet possibly OFFLINE: no pool, or never seen."""
+    """Not in :class:`LiveTally`'s lists, yet ONLINE or OFFLINE by the clock: neither stopped
+    nor lost, and with no pool or never seen."""
     return not view.stopped and not view.lost and (view.pool is None or view.last_seen is None)
 
 
